@@ -1,0 +1,96 @@
+//! The one error type of the SQL API. Each kind carries its SQLSTATE; [`Error::report`] raises it
+//! as a PostgreSQL ERROR with message, DETAIL and HINT in PostgreSQL's style.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// What went wrong, as a SQLSTATE class a client can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 22023: a parameter value is not acceptable.
+    InvalidParameter,
+    /// 42P01: the table does not exist or is not usable.
+    UndefinedTable,
+    /// 42703: a column does not exist.
+    UndefinedColumn,
+    /// 42P16: the table cannot carry an outbound message (no usable primary key).
+    InvalidTableDefinition,
+    /// 0A000: a setting this version does not support yet.
+    FeatureNotSupported,
+    /// XX000: a failure that is our bug, not the caller's.
+    Internal,
+}
+
+impl Kind {
+    fn sqlstate(self) -> PgSqlErrorCode {
+        match self {
+            Kind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            Kind::UndefinedTable => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            Kind::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            Kind::InvalidTableDefinition => PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+            Kind::FeatureNotSupported => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            Kind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+}
+
+/// An error of the SQL API: a kind, a message naming the offending value, and optional detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub kind: Kind,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+/// Result of the SQL API's internals.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Error {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Raises this error as a PostgreSQL ERROR; does not return.
+    pub fn report(self) -> ! {
+        ErrorReport::from(self).report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report returned")
+    }
+}
+
+impl From<Error> for ErrorReport {
+    fn from(error: Error) -> ErrorReport {
+        let mut report = ErrorReport::new(error.kind.sqlstate(), error.message, "outbound_msg");
+        if let Some(detail) = error.detail {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = error.hint {
+            report = report.set_hint(hint);
+        }
+        report
+    }
+}
+
+impl From<pgrx::spi::Error> for Error {
+    fn from(error: pgrx::spi::Error) -> Error {
+        Error::new(
+            Kind::Internal,
+            format!("outbound_msg internal query failed: {error}"),
+        )
+    }
+}

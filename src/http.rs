@@ -1,0 +1,188 @@
+//! HTTP delivery of one SOAP message: ureq over rustls (ring provider), bounded in time and size.
+//!
+//! Pure Rust, no pgrx, so it can run on any thread. A delivery either ends in an acknowledgement
+//! or in a reason, written for the `last_error` column, that says what went wrong. Redirects are
+//! never followed: a listener that moved must be redefined, not guessed at.
+
+use std::time::Duration;
+
+use crate::soap::{self, Answer};
+
+/// Limits of one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole exchange: connect, TLS, send, wait and read.
+    pub timeout: Duration,
+    /// Bodies longer than this are a failure, not an allocation.
+    pub max_response_bytes: u64,
+}
+
+/// A keep-alive HTTP client, reused for every delivery of a worker.
+pub struct Client {
+    agent: ureq::Agent,
+    limits: Limits,
+}
+
+impl Client {
+    /// Builds the client. Call it in the process that uses it (never before fork).
+    pub fn new(limits: Limits) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(limits.timeout))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .user_agent(concat!("outbound_msg/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client { agent, limits }
+    }
+
+    /// Posts `body` to `url` as a SOAP 1.1 request. `Ok` means the listener acknowledged every
+    /// notification in it; `Err` carries the failure reason.
+    pub fn deliver(&self, url: &str, body: &str) -> Result<(), String> {
+        let mut response = self
+            .agent
+            .post(url)
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .header("SOAPAction", "\"\"")
+            .send(body)
+            .map_err(|err| self.describe(&err))?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(format!(
+                "HTTP {}: redirects are not followed",
+                status.as_u16()
+            ));
+        }
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(self.limits.max_response_bytes)
+            .read_to_vec()
+            .map_err(|err| self.describe(&err))?;
+        let answer = soap::parse_answer(&bytes);
+        if !status.is_success() {
+            let reason = status.canonical_reason().unwrap_or("");
+            return Err(match answer {
+                Answer::Fault(text) => format!("HTTP {}: SOAP fault: {text}", status.as_u16()),
+                _ => format!("HTTP {} {reason}", status.as_u16())
+                    .trim_end()
+                    .to_string(),
+            });
+        }
+        match answer.failure_reason() {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// A failure reason for a transport error. It names the failure, never the URL, so that
+    /// credentials in an endpoint cannot leak into `last_error`.
+    fn describe(&self, err: &ureq::Error) -> String {
+        match err {
+            ureq::Error::Timeout(_) => {
+                format!("no answer within {} ms", self.limits.timeout.as_millis())
+            }
+            ureq::Error::BodyExceedsLimit(limit) => {
+                format!("response body larger than {limit} bytes")
+            }
+            ureq::Error::HostNotFound => "connection error: host not found".to_string(),
+            ureq::Error::ConnectionFailed => "connection error: connection failed".to_string(),
+            ureq::Error::Io(io) => format!("connection error: {io}"),
+            ureq::Error::Rustls(tls) => format!("TLS error: {tls}"),
+            ureq::Error::Tls(tls) => format!("TLS error: {tls}"),
+            ureq::Error::BadUri(_) => "invalid endpoint URL".to_string(),
+            ureq::Error::Protocol(protocol) => format!("HTTP protocol error: {protocol}"),
+            other => format!("HTTP error: {other}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A one-shot HTTP server on loopback answering `response` verbatim; returns its URL.
+    fn serve_once(response: impl Into<String>) -> String {
+        let response: String = response.into();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/listener", listener.local_addr().unwrap());
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the announced body before answering.
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            stream.write_all(response.as_bytes()).unwrap();
+        });
+        url
+    }
+
+    fn client() -> Client {
+        Client::new(Limits {
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 1024,
+        })
+    }
+
+    #[test]
+    fn redirect_is_a_failure() {
+        let url = serve_once(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            client().deliver(&url, "<x/>").unwrap_err(),
+            "HTTP 302: redirects are not followed"
+        );
+    }
+
+    #[test]
+    fn server_error_names_its_status() {
+        let url = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy");
+        assert_eq!(
+            client().deliver(&url, "<x/>").unwrap_err(),
+            "HTTP 503 Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_a_failure() {
+        let url = serve_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n{}",
+            "x".repeat(2000)
+        ));
+        let reason = client().deliver(&url, "<x/>").unwrap_err();
+        assert!(
+            reason.starts_with("response body larger than 1024 bytes"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn refused_connection_is_a_connection_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let reason = client().deliver(&url, "<x/>").unwrap_err();
+        assert!(reason.starts_with("connection error"), "{reason}");
+    }
+}

@@ -1,0 +1,41 @@
+//! outbound_msg: Salesforce-style Outbound Messages for PostgreSQL.
+//!
+//! Row triggers capture changes into a durable queue ([`capture`], [`queue`]); a background
+//! worker ([`worker`]) delivers them as SOAP messages ([`soap`], [`http`]) until acknowledged.
+//! Definitions live in [`catalog`]; settings in [`guc`].
+
+use pgrx::prelude::*;
+
+mod capture;
+mod catalog;
+mod error;
+mod guc;
+mod http;
+mod ids;
+mod queue;
+mod soap;
+mod sqltypes;
+mod values;
+mod wire;
+mod worker;
+
+pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+/// Library entry point: settings always; the worker only when preloaded.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    worker::register();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'outbound_msg'"]
+    }
+}

@@ -1,0 +1,552 @@
+//! The SOAP 1.1 wire format of outbound messages (SPEC §3): the envelope writer and the parser of
+//! the listener's answer.
+//!
+//! Pure Rust, no pgrx. A notification's sObject fields are rendered once, at capture time
+//! ([`render_fields`]), and stored ready to send; the worker only wraps stored fragments in an
+//! envelope ([`write_envelope`]). Everything written here is escaped by [`push_escaped`], so a
+//! stored fragment is always well-formed XML.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+/// Namespace of `notifications`, `notificationsResponse` and `Ack`.
+pub const OUTBOUND_NS: &str = "http://soap.sforce.com/2005/09/outbound";
+/// Namespace of the SOAP 1.1 envelope.
+pub const ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+
+/// The header values shared by every notification of one SOAP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub organization_id: &'a str,
+    pub action_id: &'a str,
+    pub enterprise_url: &'a str,
+    pub partner_url: &'a str,
+}
+
+/// One notification as stored in the queue: its 18-character id and its rendered fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification<'a> {
+    pub id: &'a str,
+    pub fields_xml: &'a str,
+}
+
+/// Renders the fields of one sObject: `sf:Id` first, then every non-NULL field in the given
+/// order. NULL values are left out, as Salesforce omits empty fields.
+///
+/// Field names must be valid XML names (checked when a message is defined); values are text in
+/// their wire form and are escaped here.
+pub fn render_fields<'v>(
+    id: &str,
+    fields: impl IntoIterator<Item = (&'v str, Option<&'v str>)>,
+) -> String {
+    let mut out = String::with_capacity(64);
+    push_field(&mut out, "Id", id);
+    for (name, value) in fields {
+        if let Some(value) = value {
+            push_field(&mut out, name, value);
+        }
+    }
+    out
+}
+
+fn push_field(out: &mut String, name: &str, value: &str) {
+    out.push_str("     <sf:");
+    out.push_str(name);
+    out.push('>');
+    push_escaped(out, value);
+    out.push_str("</sf:");
+    out.push_str(name);
+    out.push_str(">\n");
+}
+
+/// Writes one complete SOAP message carrying `notifications` of one outbound message on a table
+/// whose sObject type is `object_type`.
+pub fn write_envelope(
+    header: &Header,
+    object_type: &str,
+    notifications: &[Notification],
+) -> String {
+    let fields_len: usize = notifications.iter().map(|n| n.fields_xml.len() + 200).sum();
+    let mut out = String::with_capacity(1024 + fields_len);
+    out.push_str(concat!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+        "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"",
+        " xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\"",
+        " xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n",
+        " <soapenv:Body>\n",
+        "  <notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\">\n",
+    ));
+    push_element(&mut out, "   ", "OrganizationId", header.organization_id);
+    push_element(&mut out, "   ", "ActionId", header.action_id);
+    out.push_str("   <SessionId xsi:nil=\"true\"/>\n");
+    push_element(&mut out, "   ", "EnterpriseUrl", header.enterprise_url);
+    push_element(&mut out, "   ", "PartnerUrl", header.partner_url);
+    for notification in notifications {
+        out.push_str("   <Notification>\n");
+        push_element(&mut out, "    ", "Id", notification.id);
+        out.push_str("    <sObject xsi:type=\"sf:");
+        out.push_str(object_type);
+        out.push_str("\" xmlns:sf=\"urn:sobject.enterprise.soap.sforce.com\">\n");
+        out.push_str(notification.fields_xml);
+        out.push_str("    </sObject>\n   </Notification>\n");
+    }
+    out.push_str("  </notifications>\n </soapenv:Body>\n</soapenv:Envelope>\n");
+    out
+}
+
+fn push_element(out: &mut String, indent: &str, name: &str, value: &str) {
+    out.push_str(indent);
+    out.push('<');
+    out.push_str(name);
+    out.push('>');
+    push_escaped(out, value);
+    out.push_str("</");
+    out.push_str(name);
+    out.push_str(">\n");
+}
+
+/// Appends `text` escaped for XML 1.0 character data and attribute values.
+///
+/// The five markup characters become entities; a carriage return becomes `&#13;` so that XML
+/// line-end normalisation does not turn it into a line feed; characters XML 1.0 cannot carry at
+/// all (most C0 controls, U+FFFE, U+FFFF) become U+FFFD, never raw bytes.
+pub fn push_escaped(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(pos) = rest.find(needs_escape) {
+        out.push_str(&rest[..pos]);
+        let c = rest[pos..].chars().next().unwrap_or('\u{FFFD}');
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            _ => out.push('\u{FFFD}'),
+        }
+        rest = &rest[pos + c.len_utf8()..];
+    }
+    out.push_str(rest);
+}
+
+fn needs_escape(c: char) -> bool {
+    match c {
+        '&' | '<' | '>' | '"' | '\'' | '\r' => true,
+        '\t' | '\n' => false,
+        '\u{FFFE}' | '\u{FFFF}' => true,
+        c => c < ' ',
+    }
+}
+
+/// What a listener's HTTP body said about the notifications it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `notificationsResponse/Ack` was true: every notification of the message is delivered.
+    Ack,
+    /// `Ack` was false.
+    Nack,
+    /// A SOAP Fault, with its faultstring.
+    Fault(String),
+    /// Anything else: not XML, not a SOAP envelope, or no `Ack`.
+    Invalid(String),
+}
+
+impl Answer {
+    /// The failure reason recorded on the queue, or `None` for an acknowledgement.
+    pub fn failure_reason(&self) -> Option<String> {
+        match self {
+            Answer::Ack => None,
+            Answer::Nack => Some("SOAP response was a nack".to_string()),
+            Answer::Fault(text) => Some(format!("SOAP fault: {text}")),
+            Answer::Invalid(reason) => Some(reason.clone()),
+        }
+    }
+}
+
+/// Where the parser is in the response document.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inside {
+    Other,
+    Ack,
+    FaultString,
+}
+
+/// Parses a listener's response body. The whole document must be well-formed; its root must be
+/// a SOAP 1.1 `Envelope`. An `Ack` counts only inside an outbound-namespace `notificationsResponse`
+/// (any prefix); its value is an `xsd:boolean`.
+pub fn parse_answer(body: &[u8]) -> Answer {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(_) => return Answer::Invalid("response is not XML: not valid UTF-8".to_string()),
+    };
+    let mut reader = NsReader::from_str(text);
+    let mut depth = 0usize;
+    let mut saw_root = false;
+    let mut in_response_depth: Option<usize> = None;
+    let mut in_fault = false;
+    let mut inside = Inside::Other;
+    let mut ack_text = String::new();
+    let mut ack: Option<String> = None;
+    let mut fault: Option<String> = None;
+
+    loop {
+        let event = match reader.read_resolved_event() {
+            Ok((ns, event)) => (namespace_of(&ns), event),
+            Err(err) => return Answer::Invalid(format!("response is not XML: {err}")),
+        };
+        match event {
+            (ns, Event::Start(start)) if depth == 0 => {
+                if let Err(answer) = check_root(ns.as_deref(), &start, &mut saw_root) {
+                    return answer;
+                }
+                depth = 1;
+            }
+            (ns, Event::Empty(start)) if depth == 0 => {
+                if let Err(answer) = check_root(ns.as_deref(), &start, &mut saw_root) {
+                    return answer;
+                }
+            }
+            (ns, Event::Start(start)) => {
+                depth += 1;
+                let local = start.local_name().into_inner();
+                let ns = ns.as_deref();
+                if ns == Some(OUTBOUND_NS) && local == "notificationsResponse" {
+                    in_response_depth.get_or_insert(depth);
+                } else if ns == Some(OUTBOUND_NS) && local == "Ack" && in_response_depth.is_some() {
+                    inside = Inside::Ack;
+                    ack_text.clear();
+                } else if ns == Some(ENVELOPE_NS) && local == "Fault" {
+                    in_fault = true;
+                } else if in_fault && ns.is_none() && local == "faultstring" {
+                    inside = Inside::FaultString;
+                    fault = Some(String::new());
+                }
+            }
+            (ns, Event::Empty(start)) => {
+                let local = start.local_name().into_inner();
+                if ns.as_deref() == Some(OUTBOUND_NS)
+                    && local == "Ack"
+                    && in_response_depth.is_some()
+                {
+                    ack.get_or_insert_with(String::new);
+                } else if ns.as_deref() == Some(ENVELOPE_NS) && local == "Fault" {
+                    fault.get_or_insert_with(String::new);
+                }
+            }
+            (_, Event::End(_)) => {
+                if inside == Inside::Ack {
+                    ack.get_or_insert_with(|| ack_text.clone());
+                }
+                inside = Inside::Other;
+                if in_response_depth == Some(depth) {
+                    in_response_depth = None;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            (_, Event::Text(text)) => push_text(inside, &mut ack_text, &mut fault, &text),
+            (_, Event::CData(data)) => {
+                let decoded: &str = data.as_ref();
+                push_text(inside, &mut ack_text, &mut fault, decoded);
+            }
+            (_, Event::GeneralRef(reference)) => {
+                let resolved = match reference.resolve_char_ref() {
+                    Ok(Some(c)) => Some(c),
+                    _ => predefined_entity(&reference),
+                };
+                match resolved {
+                    Some(c) => push_text(
+                        inside,
+                        &mut ack_text,
+                        &mut fault,
+                        c.encode_utf8(&mut [0; 4]),
+                    ),
+                    None => {
+                        return Answer::Invalid(format!(
+                            "response is not XML: unknown entity &{};",
+                            &*reference
+                        ))
+                    }
+                }
+            }
+            (_, Event::Eof) => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Answer::Invalid("response is not XML: unexpected end of document".to_string());
+    }
+    if !saw_root {
+        return Answer::Invalid("response is not XML: empty document".to_string());
+    }
+    if let Some(text) = fault {
+        return Answer::Fault(text.trim().to_string());
+    }
+    match ack.as_deref().map(str::trim) {
+        Some("true") | Some("1") => Answer::Ack,
+        Some("false") | Some("0") => Answer::Nack,
+        Some(other) => Answer::Invalid(format!(
+            "SOAP response has an invalid Ack value \"{other}\""
+        )),
+        None => Answer::Invalid("SOAP response has no notificationsResponse Ack".to_string()),
+    }
+}
+
+/// The document must have exactly one root, a SOAP 1.1 `Envelope`.
+fn check_root(ns: Option<&str>, start: &BytesStart, saw_root: &mut bool) -> Result<(), Answer> {
+    if *saw_root {
+        return Err(Answer::Invalid(
+            "response is not XML: more than one root element".into(),
+        ));
+    }
+    *saw_root = true;
+    if ns != Some(ENVELOPE_NS) || start.local_name().into_inner() != "Envelope" {
+        return Err(Answer::Invalid(
+            "response is not a SOAP envelope".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn push_text(inside: Inside, ack_text: &mut String, fault: &mut Option<String>, text: &str) {
+    match inside {
+        Inside::Ack => ack_text.push_str(text),
+        Inside::FaultString => {
+            if let Some(fault) = fault {
+                fault.push_str(text);
+            }
+        }
+        Inside::Other => {}
+    }
+}
+
+fn namespace_of(ns: &ResolveResult) -> Option<String> {
+    match ns {
+        ResolveResult::Bound(ns) => Some(ns.into_inner().to_string()),
+        _ => None,
+    }
+}
+
+fn predefined_entity(name: &str) -> Option<char> {
+    match name {
+        "amp" => Some('&'),
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Header = Header {
+        organization_id: "00D000000000001AAA",
+        action_id: "04k000000000001AAA",
+        enterprise_url: "https://db.example/enterprise",
+        partner_url: "https://db.example/partner",
+    };
+
+    #[test]
+    fn envelope_has_the_exact_salesforce_shape() {
+        let fields = render_fields("42", [("amount", Some("12.50")), ("note", Some("lunch"))]);
+        let body = write_envelope(
+            &HEADER,
+            "expense",
+            &[Notification {
+                id: "04l000000000007AAA",
+                fields_xml: &fields,
+            }],
+        );
+        assert_eq!(body, include_str!("../tests/golden/envelope_one.xml"));
+    }
+
+    #[test]
+    fn several_notifications_share_one_header_in_order() {
+        let a = render_fields("1", [("n", Some("a"))]);
+        let b = render_fields("2", [("n", Some("b"))]);
+        let body = write_envelope(
+            &HEADER,
+            "t",
+            &[
+                Notification {
+                    id: "04l00000000000AAAA",
+                    fields_xml: &a,
+                },
+                Notification {
+                    id: "04l00000000000BAAA",
+                    fields_xml: &b,
+                },
+            ],
+        );
+        assert_eq!(body.matches("<OrganizationId>").count(), 1);
+        let first = body.find("04l00000000000AAAA").unwrap();
+        let second = body.find("04l00000000000BAAA").unwrap();
+        assert!(first < second);
+        assert_eq!(body.matches("<Notification>").count(), 2);
+    }
+
+    #[test]
+    fn header_elements_come_in_salesforce_order() {
+        let body = write_envelope(&HEADER, "t", &[]);
+        let order = [
+            "<OrganizationId>",
+            "<ActionId>",
+            "<SessionId xsi:nil=\"true\"/>",
+            "<EnterpriseUrl>",
+            "<PartnerUrl>",
+        ];
+        let positions: Vec<usize> = order.iter().map(|tag| body.find(tag).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+
+    #[test]
+    fn sf_id_comes_first_and_null_fields_are_left_out() {
+        let fields = render_fields("7", [("a", Some("x")), ("b", None), ("c", Some(""))]);
+        assert_eq!(
+            fields,
+            "     <sf:Id>7</sf:Id>\n     <sf:a>x</sf:a>\n     <sf:c></sf:c>\n"
+        );
+    }
+
+    #[test]
+    fn markup_characters_are_escaped() {
+        let fields = render_fields("<1>", [("v", Some(r#"a<b>c&d"e'f"#))]);
+        assert_eq!(
+            fields,
+            "     <sf:Id>&lt;1&gt;</sf:Id>\n     <sf:v>a&lt;b&gt;c&amp;d&quot;e&apos;f</sf:v>\n"
+        );
+    }
+
+    #[test]
+    fn non_ascii_text_is_kept_as_utf8() {
+        let fields = render_fields("1", [("v", Some("Café ünïcödé 東京 🚀"))]);
+        assert!(fields.contains("<sf:v>Café ünïcödé 東京 🚀</sf:v>"));
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_never_emitted_raw() {
+        let mut out = String::new();
+        push_escaped(&mut out, "a\u{1}b\u{8}c\td\ne\rf\u{FFFF}g\u{B}");
+        assert_eq!(out, "a\u{FFFD}b\u{FFFD}c\td\ne&#13;f\u{FFFD}g\u{FFFD}");
+    }
+
+    #[test]
+    fn written_envelope_is_well_formed_and_round_trips_values() {
+        let nasty = "<&>\"' \r\n\t\u{2} end";
+        let fields = render_fields("1", [("v", Some(nasty))]);
+        let body = write_envelope(
+            &HEADER,
+            "t",
+            &[Notification {
+                id: "x",
+                fields_xml: &fields,
+            }],
+        );
+        let mut reader = NsReader::from_str(&body);
+        let mut in_v = false;
+        let mut value = String::new();
+        loop {
+            match reader.read_resolved_event().unwrap() {
+                (_, Event::Start(s)) => in_v = s.local_name().into_inner() == "v",
+                (_, Event::End(_)) => in_v = false,
+                (_, Event::Text(t)) if in_v => value.push_str(&t.xml10_content()),
+                (_, Event::GeneralRef(r)) if in_v => value.push(
+                    r.resolve_char_ref()
+                        .unwrap()
+                        .or_else(|| predefined_entity(&r))
+                        .unwrap(),
+                ),
+                (_, Event::Eof) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(value, "<&>\"' \r\n\t\u{FFFD} end");
+    }
+
+    fn response(inner: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>{inner}</soapenv:Body></soapenv:Envelope>"#
+        )
+    }
+
+    #[test]
+    fn ack_true_is_an_acknowledgement() {
+        let body = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>"#,
+        );
+        assert_eq!(parse_answer(body.as_bytes()), Answer::Ack);
+    }
+
+    #[test]
+    fn prefixed_response_is_an_acknowledgement() {
+        let body = response(
+            r#"<out:notificationsResponse xmlns:out="http://soap.sforce.com/2005/09/outbound"><out:Ack> true </out:Ack></out:notificationsResponse>"#,
+        );
+        assert_eq!(parse_answer(body.as_bytes()), Answer::Ack);
+    }
+
+    #[test]
+    fn ack_false_is_a_nack() {
+        let body = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>false</Ack></notificationsResponse>"#,
+        );
+        assert_eq!(parse_answer(body.as_bytes()), Answer::Nack);
+        assert_eq!(
+            Answer::Nack.failure_reason().unwrap(),
+            "SOAP response was a nack"
+        );
+    }
+
+    #[test]
+    fn ack_in_the_wrong_namespace_does_not_count() {
+        let body = response(r#"<notificationsResponse><Ack>true</Ack></notificationsResponse>"#);
+        assert!(matches!(parse_answer(body.as_bytes()), Answer::Invalid(_)));
+    }
+
+    #[test]
+    fn soap_fault_yields_its_faultstring() {
+        let body = response(
+            r#"<soapenv:Fault><faultcode>soapenv:Server</faultcode><faultstring>db &amp; disk full</faultstring></soapenv:Fault>"#,
+        );
+        let answer = parse_answer(body.as_bytes());
+        assert_eq!(answer, Answer::Fault("db & disk full".to_string()));
+        assert_eq!(
+            answer.failure_reason().unwrap(),
+            "SOAP fault: db & disk full"
+        );
+    }
+
+    #[test]
+    fn non_xml_is_invalid() {
+        for body in ["<html><body>oops", "OK", "", "<a></b>"] {
+            match parse_answer(body.as_bytes()) {
+                Answer::Invalid(reason) => assert!(
+                    reason.starts_with("response is not"),
+                    "{body:?} gave {reason:?}"
+                ),
+                other => panic!("{body:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn xml_that_is_not_an_envelope_is_invalid() {
+        let body = r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>"#;
+        assert_eq!(
+            parse_answer(body.as_bytes()),
+            Answer::Invalid("response is not a SOAP envelope".to_string())
+        );
+    }
+
+    #[test]
+    fn truncated_ack_response_is_not_an_ack() {
+        let body = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>"#,
+        );
+        let cut = &body[..body.len() - 20];
+        assert!(matches!(parse_answer(cut.as_bytes()), Answer::Invalid(_)));
+    }
+}

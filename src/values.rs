@@ -1,0 +1,179 @@
+//! The wire text of column values (SPEC §3), for the types whose text differs from PostgreSQL's
+//! own output: booleans, floats, timestamps, dates and bytea.
+//!
+//! Pure Rust: callers pass the raw value (microseconds or days since 2000-01-01, as PostgreSQL
+//! stores them). `None` means "leave the field out": a value the field's XSD type cannot
+//! represent, such as an infinite timestamp, is omitted like a NULL.
+
+use base64::Engine;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const UNIX_TO_PG_EPOCH_DAYS: i64 = 10_957;
+
+/// `xsd:boolean`.
+pub fn boolean(value: bool) -> &'static str {
+    if value {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// `xsd:double` from a `double precision`: shortest round-trip digits, `INF`, `-INF`, `NaN`.
+pub fn double(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 {
+            "INF".into()
+        } else {
+            "-INF".into()
+        }
+    } else if value == 0.0 || (1e-7..1e16).contains(&value.abs()) {
+        format!("{value}")
+    } else {
+        format!("{value:e}")
+    }
+}
+
+/// `xsd:double` from a `real`: its own shortest round-trip digits, not those of its f64 widening.
+pub fn real(value: f32) -> String {
+    if value.is_finite() && value != 0.0 && !(1e-7..1e16).contains(&value.abs()) {
+        format!("{value:e}")
+    } else if value.is_finite() {
+        format!("{value}")
+    } else {
+        double(f64::from(value))
+    }
+}
+
+/// `xsd:decimal` from `numeric`'s text output; NaN and infinities have no decimal form.
+pub fn numeric(text: &str) -> Option<&str> {
+    match text {
+        "NaN" | "Infinity" | "-Infinity" => None,
+        _ => Some(text),
+    }
+}
+
+/// `xsd:dateTime` in UTC (`...Z`) from a `timestamptz`; `None` for ±infinity.
+pub fn timestamptz(micros: i64) -> Option<String> {
+    timestamp(micros).map(|mut text| {
+        text.push('Z');
+        text
+    })
+}
+
+/// `xsd:dateTime` without zone, millisecond precision, from a `timestamp`; `None` for ±infinity.
+pub fn timestamp(micros: i64) -> Option<String> {
+    if micros == i64::MAX || micros == i64::MIN {
+        return None;
+    }
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let in_day = micros.rem_euclid(MICROS_PER_DAY);
+    let millis = in_day / 1000;
+    let (h, m, s, ms) = (
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1000 % 60,
+        millis % 1000,
+    );
+    let mut text = civil_date(days);
+    text.push_str(&format!("T{h:02}:{m:02}:{s:02}.{ms:03}"));
+    Some(text)
+}
+
+/// `xsd:date` from a `date` (days since 2000-01-01); `None` for ±infinity.
+pub fn date(days: i32) -> Option<String> {
+    if days == i32::MAX || days == i32::MIN {
+        return None;
+    }
+    Some(civil_date(i64::from(days)))
+}
+
+/// `xsd:base64Binary` from `bytea`.
+pub fn bytea(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `YYYY-MM-DD` of a day counted from 2000-01-01 in the proleptic Gregorian calendar. Years
+/// before 1 are written as XSD 1.0 does: 1 BC is `-0001`.
+fn civil_date(pg_days: i64) -> String {
+    let (year, month, day) = civil_from_unix_days(pg_days + UNIX_TO_PG_EPOCH_DAYS);
+    if year <= 0 {
+        format!("-{:04}-{month:02}-{day:02}", 1 - year)
+    } else {
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+}
+
+/// Year, month, day of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_unix_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = MICROS_PER_DAY;
+
+    #[test]
+    fn timestamps_have_millisecond_precision() {
+        assert_eq!(timestamp(0).unwrap(), "2000-01-01T00:00:00.000");
+        assert_eq!(timestamptz(1_234_567).unwrap(), "2000-01-01T00:00:01.234Z");
+        assert_eq!(timestamp(-1).unwrap(), "1999-12-31T23:59:59.999");
+        // 2024-02-29 12:34:56.789 is 8825 days after 2000-01-01.
+        let leap = 8825 * DAY + ((12 * 60 + 34) * 60 + 56) * 1_000_000 + 789_000;
+        assert_eq!(timestamptz(leap).unwrap(), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn infinite_values_are_left_out() {
+        assert_eq!(timestamp(i64::MAX), None);
+        assert_eq!(timestamptz(i64::MIN), None);
+        assert_eq!(date(i32::MAX), None);
+        assert_eq!(numeric("NaN"), None);
+        assert_eq!(numeric("-Infinity"), None);
+        assert_eq!(numeric("-12.50"), Some("-12.50"));
+    }
+
+    #[test]
+    fn dates_across_eras() {
+        assert_eq!(date(0).unwrap(), "2000-01-01");
+        assert_eq!(date(-10_957).unwrap(), "1970-01-01");
+        assert_eq!(date(59).unwrap(), "2000-02-29");
+        // 0001-01-01 and the day before it, 1 BC December 31.
+        assert_eq!(date(-730_119).unwrap(), "0001-01-01");
+        assert_eq!(date(-730_120).unwrap(), "-0001-12-31");
+    }
+
+    #[test]
+    fn floats_use_xsd_special_values() {
+        assert_eq!(double(f64::INFINITY), "INF");
+        assert_eq!(double(f64::NEG_INFINITY), "-INF");
+        assert_eq!(double(f64::NAN), "NaN");
+        assert_eq!(double(1.5), "1.5");
+        assert_eq!(double(0.1), "0.1");
+        assert_eq!(double(1e300), "1e300");
+        assert_eq!(double(-2.5e-10), "-2.5e-10");
+        assert_eq!(real(0.1f32), "0.1");
+        assert_eq!(real(f32::NEG_INFINITY), "-INF");
+    }
+
+    #[test]
+    fn bytea_is_base64() {
+        assert_eq!(bytea(b"\x00\xffhi"), "AP9oaQ==");
+        assert_eq!(bytea(b""), "");
+        assert_eq!(boolean(true), "true");
+    }
+}
