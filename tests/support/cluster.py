@@ -1,0 +1,88 @@
+"""A throwaway PostgreSQL cluster with outbound_msg in shared_preload_libraries.
+
+PostgreSQL refuses to run as root, so when we are root the cluster belongs to the `postgres`
+OS user; otherwise to the current user. Its superuser is always called `postgres`.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import psycopg
+
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+
+
+def _bindir():
+    return subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """initdb + pg_ctl start on a free port; `stop()` removes everything."""
+
+    def __init__(self, settings=None):
+        self.bindir = _bindir()
+        self.port = free_port()
+        self.root = tempfile.mkdtemp(prefix="outbound_msg-")
+        self.datadir = os.path.join(self.root, "data")
+        self.logfile = os.path.join(self.root, "server.log")
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
+                  "-D", self.datadir)
+        conf = {
+            "port": str(self.port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.root}'",
+            "shared_preload_libraries": "'outbound_msg'",
+            "fsync": "off",
+        }
+        conf.update(settings or {})
+        with open(os.path.join(self.datadir, "postgresql.conf"), "a") as f:
+            for key, value in conf.items():
+                f.write(f"{key} = {value}\n")
+        self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "start")
+
+    def _run(self, tool, *args):
+        command = [os.path.join(self.bindir, tool), *args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+    def connect(self, dbname="postgres", **kwargs):
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+                               dbname=dbname, autocommit=True, **kwargs)
+
+    def log(self):
+        with open(self.logfile) as f:
+            return f.read()
+
+    def stop(self):
+        try:
+            self._run("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    """Polls `predicate` until it returns a truthy value, which is returned; fails after
+    `timeout` seconds. Never a fixed sleep: the poll interval is short and the deadline long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
