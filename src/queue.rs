@@ -123,9 +123,11 @@ struct Claimed {
     object_type: String,
 }
 
-/// Groups claimed rows by message, keeping each message's rows in claim order, and cuts each
-/// group into batches of at most `batch_size`.
-fn into_batches(claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
+/// Groups claimed rows by message, each message's rows in queue order (`UPDATE ... RETURNING`
+/// returns them in no particular order), and cuts each group into batches of at most
+/// `batch_size`.
+fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
+    claimed.sort_unstable_by_key(|row| row.id);
     let mut by_message: BTreeMap<i64, Vec<Batch>> = BTreeMap::new();
     for row in claimed {
         let batches = by_message.entry(row.message_id).or_default();
@@ -163,7 +165,7 @@ mod tests {
 
     #[test]
     fn batches_hold_one_message_each_and_respect_the_size() {
-        let claimed = vec![row(1, 7), row(2, 8), row(3, 7), row(4, 7), row(5, 8)];
+        let claimed = vec![row(4, 7), row(2, 8), row(3, 7), row(1, 7), row(5, 8)];
         let batches = into_batches(claimed, 2);
         let shape: Vec<(i64, Vec<i64>)> = batches.iter().map(|b| (b.message_id, b.ids())).collect();
         assert_eq!(shape, vec![(7, vec![1, 3]), (7, vec![4]), (8, vec![2, 5])]);

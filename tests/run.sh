@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of outbound_msg:
+#   1. unit tests and #[pg_test]s (cargo pgrx test, in pgrx's own test cluster);
+#   2. end-to-end tests (pytest) against a throwaway preloaded cluster running the release build.
+# Installs missing prerequisites first (.ci/setup).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup
+
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+pgrx_test_args=()
+install_args=()
+if [ "$(id -u)" = 0 ]; then
+  # PostgreSQL refuses to run as root: pgrx runs its test cluster as the postgres OS user.
+  pgdata=/tmp/outbound_msg-pgrx-test
+  install -d -o postgres -g postgres "$pgdata"
+  pgrx_test_args=(--runas postgres --pgdata "$pgdata")
+else
+  install_args=(--sudo)
+fi
+
+echo "== unit tests and #[pg_test]s"
+cargo pgrx test pg15 "${pgrx_test_args[@]}"
+
+echo "== end-to-end tests"
+# cargo pgrx test installed its test build; the end-to-end tests run the release build.
+cargo pgrx install --release --pg-config "$PG_CONFIG" "${install_args[@]}" >/dev/null
+.venv/bin/pytest -q tests/e2e
