@@ -188,6 +188,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_message_on_a_partitioned_table_captures_rows_of_its_partitions() {
+        // The partition's columns are in another order: values are found by name.
+        Spi::run(
+            "CREATE TABLE reading (day date, id int, v int, PRIMARY KEY (id)) PARTITION BY LIST (id);
+             CREATE TABLE reading_small (v int, id int NOT NULL, day date);
+             ALTER TABLE reading ATTACH PARTITION reading_small FOR VALUES IN (1, 2, 3);
+             SELECT outbound_msg.create_message('reading', 'R', 'R', 'http://127.0.0.1:9/',
+                                                ARRAY['v'], 'postgres');
+             INSERT INTO reading VALUES ('2024-05-01', 2, 40);",
+        )
+        .unwrap();
+        assert_eq!(
+            payloads(),
+            vec!["     <sf:Id>2</sf:Id>\n     <sf:v>40</sf:v>\n"]
+        );
+    }
+
+    #[pg_test]
     fn inactive_message_captures_nothing() {
         Spi::run(
             "CREATE TABLE quiet (id int PRIMARY KEY);

@@ -254,12 +254,15 @@ fn install_trigger(client: &mut SpiClient, object: RegClass, table: &str) -> Res
     Ok(())
 }
 
-/// The active messages of a table, for capture.
+/// The active messages of a table, for capture. A row trigger defined on a partitioned table
+/// fires on its partitions with the partition's OID, so the messages of every partition ancestor
+/// count too.
 pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Capture>> {
     let rows = client.select(
         "SELECT id, key_column::text, fields, evaluate
            FROM outbound_msg.message
-          WHERE object = $1 AND active
+          WHERE (object = $1 OR object IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)))
+            AND active
           ORDER BY id",
         None,
         &[RegClass(relid).into()],

@@ -2,6 +2,7 @@
 # The outbound_msg demo: installs what is missing, builds and installs the extension, then runs
 # tests/demo.py (a throwaway cluster, a message, some changes, the SOAP the listener received).
 set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 bash .ci/setup
 install_args=()

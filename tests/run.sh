@@ -4,6 +4,7 @@
 #   2. end-to-end tests (pytest) against a throwaway preloaded cluster running the release build.
 # Installs missing prerequisites first (.ci/setup).
 set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 bash .ci/setup
 
