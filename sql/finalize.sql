@@ -1,14 +1,122 @@
--- Runs after every function exists: privileges and comments on functions.
+-- Runs after every function exists: the capture function's privileges, the psql view, the DDL
+-- event triggers, and who may call what.
 
 -- The capture trigger writes the queue, which the changing role cannot: it runs as the
 -- extension's owner, and reads the changed row only through its trigger data.
 ALTER FUNCTION outbound_msg.capture() SECURITY DEFINER;
 
--- Only superusers, or roles a superuser grants EXECUTE to, define messages.
-REVOKE ALL ON FUNCTION outbound_msg.create_message(
-    regclass, text, text, text, text[], regrole, text, text, text, boolean, text, boolean)
-    FROM PUBLIC;
+-- Every definition, readably. Credentials in endpoint URLs are masked.
+CREATE VIEW outbound_msg.messages AS
+SELECT m.object AS table_name,
+       m.name,
+       m.unique_name,
+       m.description,
+       regexp_replace(m.endpoint_url, '^([^:/]+://[^/@:]*):[^/@]*@', '\1:********@') AS endpoint_url,
+       m.send_as,
+       m.fields,
+       m.evaluate,
+       m.criteria,
+       m.protected,
+       m.active,
+       m.client_certificate,
+       m.created_by,
+       m.created_at,
+       m.id
+  FROM outbound_msg.message m
+ ORDER BY m.object::text, m.unique_name;
+COMMENT ON VIEW outbound_msg.messages IS
+    'Outbound message definitions, one row per message, for psql';
+
+-- DDL that would break a definition. A dropped table takes its messages and their queued
+-- notifications with it; dropping or renaming a sent column, or changing the primary key that
+-- supplies the record Id, is refused while a message uses it.
+CREATE FUNCTION outbound_msg.forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- DROP EXTENSION removes these tables too: nothing to forget then.
+    IF to_regclass('outbound_msg.message') IS NULL THEN
+        RETURN;
+    END IF;
+    WITH dropped AS (
+        DELETE FROM outbound_msg.message m
+         USING pg_event_trigger_dropped_objects() d
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.object
+        RETURNING m.id)
+    DELETE FROM outbound_msg.notification n USING dropped WHERE n.message_id = dropped.id;
+END
+$$;
+COMMENT ON FUNCTION outbound_msg.forget_dropped_tables() IS
+    'sql_drop event trigger: a dropped table takes its outbound messages with it';
+
+CREATE FUNCTION outbound_msg.check_altered_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    broken record;
+BEGIN
+    IF to_regclass('outbound_msg.message') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT m.unique_name, m.object::text AS table_name, f.column_name
+      INTO broken
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN outbound_msg.message m ON m.object = c.objid
+     CROSS JOIN LATERAL unnest(m.fields || m.key_column::text) AS f(column_name)
+     WHERE c.classid = 'pg_class'::regclass
+       AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = m.object AND a.attname = f.column_name
+                          AND a.attnum > 0 AND NOT a.attisdropped)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'column "%" of table % is sent by outbound message "%"',
+                        broken.column_name, broken.table_name, broken.unique_name
+              USING ERRCODE = 'dependent_objects_still_exist',
+                    HINT = 'Remove it from the message''s fields (outbound_msg.alter_message) or drop the message first.';
+    END IF;
+    SELECT m.unique_name, m.object::text AS table_name, m.key_column::text AS column_name
+      INTO broken
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN outbound_msg.message m ON m.object = c.objid
+     WHERE c.classid = 'pg_class'::regclass
+       AND NOT EXISTS (SELECT 1 FROM pg_index i
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = m.object AND i.indisprimary AND i.indnkeyatts = 1
+                          AND a.attname = m.key_column)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the primary key of table % is the record Id of outbound message "%"',
+                        broken.table_name, broken.unique_name
+              USING ERRCODE = 'dependent_objects_still_exist',
+                    HINT = format('Keep "%s" as the single primary key column, or drop the message first.',
+                                  broken.column_name);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION outbound_msg.check_altered_tables() IS
+    'ddl_command_end event trigger: refuses ALTER TABLE that breaks an outbound message';
+
+CREATE EVENT TRIGGER outbound_msg_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION outbound_msg.forget_dropped_tables();
+CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION outbound_msg.check_altered_tables();
+
+-- Only superusers, or roles a superuser grants EXECUTE to, define and administer messages.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbound_msg FROM PUBLIC;
+REVOKE ALL ON outbound_msg.messages FROM PUBLIC;
 
 COMMENT ON FUNCTION outbound_msg.create_message(
     regclass, text, text, text, text[], regrole, text, text, text, boolean, text, boolean) IS
     'Defines an outbound message on a table and installs its capture trigger; returns its id';
+COMMENT ON FUNCTION outbound_msg.alter_message(
+    regclass, text, text, text, text, text, text[], regrole, text, text, boolean, text, boolean) IS
+    'Changes settings of an outbound message: NULL keeps a setting, '''' removes an optional one';
+COMMENT ON FUNCTION outbound_msg.drop_message(regclass, text) IS
+    'Drops an outbound message and its queued notifications';
+COMMENT ON FUNCTION outbound_msg.enable_message(regclass, text) IS
+    'Makes an outbound message capture changes again';
+COMMENT ON FUNCTION outbound_msg.disable_message(regclass, text) IS
+    'Stops an outbound message capturing; queued notifications are still delivered';
+COMMENT ON FUNCTION outbound_msg.send(regclass, text, text) IS
+    'Queues a notification for the row with the given primary key; returns its notification Id';
+COMMENT ON FUNCTION outbound_msg.wsdl(regclass, text) IS
+    'The WSDL a listener for this outbound message is built from';

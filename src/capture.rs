@@ -1,18 +1,22 @@
-//! The capture trigger: an `AFTER INSERT OR UPDATE ... FOR EACH ROW` trigger that renders the
-//! changed row's key and selected columns into one queued notification per active message of
-//! the table, in the changing transaction (a rollback sends nothing).
+//! Capture: the row trigger that queues one notification per active message of the changed
+//! table, and `send`, which queues one explicitly. Both render the row's key and selected
+//! columns into a stored, ready-to-send payload, in the calling transaction (a rollback sends
+//! nothing).
 //!
-//! Values are captured as they are at the time of the change and stored ready to send.
+//! Values are captured as they are at the time of the change.
 
 use std::num::NonZeroUsize;
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{quote_identifier, SpiClient};
 use pgrx::PgTupleDesc;
 
 use crate::catalog::{self, Capture, Evaluate};
 use crate::error::{Error, Kind};
-use crate::{queue, soap, wire};
+use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
+use crate::sqltypes::RegClass;
+use crate::{criteria, queue, roles, soap, wire};
 
 /// Trigger function installed by `create_message` on every table that has messages.
 #[pg_trigger]
@@ -48,52 +52,157 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
     };
     let relid = trigger.relid().map_err(misuse)?;
     let data = trigger.trigger_data();
-    // SAFETY: for a row trigger on INSERT the new row is tg_trigtuple, on UPDATE tg_newtuple;
-    // both and the relation's descriptor live until the trigger returns.
-    let row = unsafe {
-        Row {
-            tuple: if is_update {
-                data.tg_newtuple
-            } else {
-                data.tg_trigtuple
-            },
-            desc: PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att),
+    // SAFETY: for a row trigger on INSERT the new row is tg_trigtuple; on UPDATE the old row is
+    // tg_trigtuple and the new one tg_newtuple. They and the relation's descriptor live until
+    // the trigger returns.
+    let (new_row, old_row) = unsafe {
+        let desc = (*data.tg_relation).rd_att;
+        if is_update {
+            (
+                Row::new(data.tg_newtuple, desc),
+                Some(Row::new(data.tg_trigtuple, desc)),
+            )
+        } else {
+            (Row::new(data.tg_trigtuple, desc), None)
         }
     };
     Spi::connect_mut(|client| {
         for message in catalog::active_messages(client, relid)? {
-            if is_update && message.evaluate == Evaluate::Created {
-                continue;
+            if wanted(&message, &new_row, old_row.as_ref())? {
+                enqueue_row(
+                    client,
+                    message.message_id,
+                    &message.key_column,
+                    &message.fields,
+                    &new_row,
+                )?;
             }
-            enqueue_row(client, &message, &row)?;
         }
         Ok(())
     })
 }
 
-/// Renders `row` for `message` and queues it.
-fn enqueue_row(client: &mut SpiClient, message: &Capture, row: &Row) -> crate::error::Result<()> {
-    let key = row.value(&message.key_column)?.ok_or_else(|| {
+/// Whether a change queues a notification of `message` (SPEC §1, "when to send").
+fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::error::Result<bool> {
+    let holds = |row: &Row| match &message.criteria {
+        None => Ok(true),
+        Some(text) => criteria::holds(row.type_oid(), &message.table_alias, text, row.composite()),
+    };
+    Ok(match (message.evaluate, old_row) {
+        (Evaluate::Created, Some(_)) => false,
+        (Evaluate::EditedToMeetCriteria, Some(old_row)) => holds(new_row)? && !holds(old_row)?,
+        _ => holds(new_row)?,
+    })
+}
+
+/// Renders `row` for a message and queues it; returns the queue id.
+fn enqueue_row(
+    client: &mut SpiClient,
+    message_id: i64,
+    key_column: &str,
+    fields: &[String],
+    row: &Row,
+) -> crate::error::Result<i64> {
+    let key = row.value(key_column)?.ok_or_else(|| {
         Error::new(
             Kind::Internal,
-            format!("primary key column \"{}\" has no value", message.key_column),
+            format!("primary key column \"{key_column}\" has no value"),
         )
     })?;
-    let mut values = Vec::with_capacity(message.fields.len());
-    for field in &message.fields {
+    let mut values = Vec::with_capacity(fields.len());
+    for field in fields {
         values.push((field.as_str(), row.value(field)?));
     }
     let payload = soap::render_fields(&key, values.iter().map(|(n, v)| (*n, v.as_deref())));
-    queue::enqueue(client, message.message_id, &key, &payload)
+    queue::enqueue(client, message_id, &key, &payload)
 }
 
-/// The changed row, read through its relation's descriptor.
+/// Queues a notification of a message for the row whose primary key is `key`, as a procedure,
+/// flow or approval step would call the action. The row is read with the send-as role's
+/// privileges; the message's evaluation criteria do not apply. Returns the notification's Id.
+#[pg_extern]
+fn send(
+    object: RegClass,
+    unique_name: &str,
+    key: &str,
+) -> std::result::Result<String, ErrorReport> {
+    Ok(Spi::connect_mut(|client| {
+        let message = catalog::sendable(client, object, unique_name)?;
+        let mut columns = vec![quote_identifier(&message.key_column)];
+        columns.extend(message.fields.iter().map(quote_identifier));
+        let query = format!(
+            "SELECT {} FROM {} WHERE {} = CAST($1 AS {})",
+            columns.join(", "),
+            message.table,
+            quote_identifier(&message.key_column),
+            key_type(client, object, &message.key_column)?,
+        );
+        let rows = roles::run_as(message.send_as, || {
+            client.select(&query, Some(1), &[key.into()])
+        })?;
+        if rows.is_empty() {
+            return Err(Error::new(
+                Kind::InvalidParameter,
+                format!(
+                    "table {} has no row with key \"{key}\" visible to the send-as role",
+                    message.table
+                ),
+            ));
+        }
+        // SAFETY: the SPI result of the query above: one row and its descriptor, valid until
+        // the SPI connection ends.
+        let row = unsafe {
+            let table = pg_sys::SPI_tuptable;
+            Row::new(*(*table).vals, (*table).tupdesc)
+        };
+        let id = roles::run_as_owner(|| {
+            enqueue_row(
+                client,
+                message.message_id,
+                &message.key_column,
+                &message.fields,
+                &row,
+            )
+        })?;
+        Ok::<_, Error>(salesforce_id(NOTIFICATION_PREFIX, id as u64))
+    })?)
+}
+
+/// The SQL type of the key column, to read a key given as text.
+fn key_type(
+    client: &SpiClient,
+    object: RegClass,
+    key_column: &str,
+) -> crate::error::Result<String> {
+    Ok(client
+        .select(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
+              WHERE attrelid = $1 AND attname = $2",
+            Some(1),
+            &[object.into(), key_column.into()],
+        )?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_else(|| "text".to_string()))
+}
+
+/// A row and its descriptor: a trigger's row, or a row read through SPI.
 struct Row<'a> {
     tuple: *mut pg_sys::HeapTupleData,
     desc: PgTupleDesc<'a>,
 }
 
 impl Row<'_> {
+    /// # Safety
+    /// `tuple` and `desc` must be valid and match until the row is dropped.
+    unsafe fn new(tuple: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) -> Self {
+        // SAFETY: as the caller guarantees.
+        Row {
+            tuple,
+            desc: unsafe { PgTupleDesc::from_pg_unchecked(desc) },
+        }
+    }
+
     /// The wire text of column `name`, `None` when NULL or not representable.
     fn value(&self, name: &str) -> crate::error::Result<Option<String>> {
         let (index, attribute) = self
@@ -109,10 +218,21 @@ impl Row<'_> {
                 .with_hint("A column sent by an outbound message was dropped or renamed.")
             })?;
         let attno = NonZeroUsize::new(index + 1).expect("index + 1 is never zero");
-        // SAFETY: `tuple` is the trigger's row and `desc` its relation's descriptor.
+        // SAFETY: `tuple` is described by `desc`.
         let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
         // SAFETY: a non-NULL datum of the attribute's own type.
         Ok(datum.and_then(|datum| unsafe { wire::wire_text(datum, attribute.type_oid().value()) }))
+    }
+
+    /// The row's composite type (the table's row type).
+    fn type_oid(&self) -> pg_sys::Oid {
+        self.desc.oid()
+    }
+
+    /// The row as a composite datum, for evaluating criteria.
+    fn composite(&self) -> pg_sys::Datum {
+        // SAFETY: `tuple` is described by `desc`; the copy lives in the current memory context.
+        unsafe { pg_sys::heap_copy_tuple_as_datum(self.tuple, self.desc.as_ptr()) }
     }
 }
 
@@ -202,6 +322,87 @@ mod tests {
         assert_eq!(
             payloads(),
             vec!["     <sf:Id>2</sf:Id>\n     <sf:v>40</sf:v>\n"]
+        );
+    }
+
+    fn count() -> i64 {
+        Spi::get_one::<i64>("SELECT count(*) FROM outbound_msg.notification")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn criteria_filter_inserts_and_updates() {
+        Spi::run(
+            "CREATE TABLE claim (id int PRIMARY KEY, amount int, status text);
+             SELECT outbound_msg.create_message('claim', 'Big', 'Big', 'http://127.0.0.1:9/',
+                    ARRAY['amount'], 'postgres', criteria => 'amount > 100 AND claim.status <> ''void''');
+             INSERT INTO claim VALUES (1, 50, 'new');",
+        )
+        .unwrap();
+        assert_eq!(count(), 0, "an insert not meeting the criteria");
+        Spi::run("UPDATE claim SET amount = 500").unwrap();
+        assert_eq!(count(), 1, "an update meeting the criteria");
+        Spi::run("UPDATE claim SET amount = 600").unwrap();
+        assert_eq!(
+            count(),
+            2,
+            "created_or_edited sends every update meeting the criteria"
+        );
+        Spi::run("UPDATE claim SET status = 'void'").unwrap();
+        assert_eq!(count(), 2, "an update no longer meeting the criteria");
+    }
+
+    #[pg_test]
+    fn edited_to_meet_criteria_sends_only_when_a_row_starts_meeting_them() {
+        Spi::run(
+            "CREATE TABLE deal (id int PRIMARY KEY, stage text);
+             SELECT outbound_msg.create_message('deal', 'Won', 'Won', 'http://127.0.0.1:9/',
+                    ARRAY['stage'], 'postgres', evaluate => 'edited_to_meet_criteria',
+                    criteria => 'stage = ''won''');
+             INSERT INTO deal VALUES (1, 'won'), (2, 'open'), (3, NULL);",
+        )
+        .unwrap();
+        assert_eq!(count(), 1, "an insert meeting the criteria");
+        Spi::run("UPDATE deal SET stage = 'won' WHERE id = 1").unwrap();
+        assert_eq!(count(), 1, "already met: not sent again");
+        Spi::run("UPDATE deal SET stage = 'won' WHERE id IN (2, 3)").unwrap();
+        assert_eq!(count(), 3, "open -> won and NULL -> won start meeting them");
+        Spi::run("UPDATE deal SET stage = 'lost' WHERE id = 2").unwrap();
+        Spi::run("UPDATE deal SET stage = 'won' WHERE id = 2").unwrap();
+        assert_eq!(count(), 4, "lost -> won meets them again");
+    }
+
+    #[pg_test]
+    fn created_with_criteria_sends_matching_inserts_only() {
+        Spi::run(
+            "CREATE TABLE lead (id int PRIMARY KEY, hot bool);
+             SELECT outbound_msg.create_message('lead', 'Hot', 'Hot', 'http://127.0.0.1:9/',
+                    ARRAY['hot'], 'postgres', evaluate => 'created', criteria => 'hot');
+             INSERT INTO lead VALUES (1, true), (2, false);
+             UPDATE lead SET hot = true;",
+        )
+        .unwrap();
+        assert_eq!(count(), 1);
+    }
+
+    #[pg_test]
+    fn send_queues_the_row_with_that_key() {
+        Spi::run(
+            "CREATE TABLE account (id bigint PRIMARY KEY, name text);
+             INSERT INTO account VALUES (41, 'before'), (42, 'Acme');
+             SELECT outbound_msg.create_message('account', 'A', 'A', 'http://127.0.0.1:9/',
+                    ARRAY['name'], 'postgres', evaluate => 'created');",
+        )
+        .unwrap();
+        let id = Spi::get_one::<String>("SELECT outbound_msg.send('account', 'A', '42')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.len(), 18);
+        assert!(id.starts_with("04l"));
+        assert_eq!(
+            payloads(),
+            vec!["     <sf:Id>42</sf:Id>\n     <sf:name>Acme</sf:name>\n"]
         );
     }
 

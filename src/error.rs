@@ -13,6 +13,18 @@ pub enum Kind {
     UndefinedTable,
     /// 42703: a column does not exist.
     UndefinedColumn,
+    /// 42701: a column is listed twice.
+    DuplicateColumn,
+    /// 42704: a message or role does not exist.
+    UndefinedObject,
+    /// 42710: a message of that unique name already exists on the table.
+    DuplicateObject,
+    /// 42809: the relation is of the wrong kind (a view, a temporary table).
+    WrongObjectType,
+    /// 42501: the caller or the send-as role lacks a privilege.
+    InsufficientPrivilege,
+    /// 55000: the message is not in a state that allows the operation.
+    ObjectNotInPrerequisiteState,
     /// 42P16: the table cannot carry an outbound message (no usable primary key).
     InvalidTableDefinition,
     /// 0A000: a setting this version does not support yet.
@@ -27,6 +39,14 @@ impl Kind {
             Kind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             Kind::UndefinedTable => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             Kind::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            Kind::DuplicateColumn => PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+            Kind::UndefinedObject => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            Kind::DuplicateObject => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            Kind::WrongObjectType => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            Kind::InsufficientPrivilege => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Kind::ObjectNotInPrerequisiteState => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             Kind::InvalidTableDefinition => PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
             Kind::FeatureNotSupported => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             Kind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -8,16 +8,20 @@ use pgrx::prelude::*;
 
 mod capture;
 mod catalog;
+mod criteria;
 mod error;
 mod guc;
 mod http;
 mod ids;
 mod queue;
+mod roles;
 mod soap;
 mod sqltypes;
+mod validate;
 mod values;
 mod wire;
 mod worker;
+mod wsdl;
 
 pgrx::pg_module_magic!();
 

@@ -14,18 +14,32 @@ use pgrx::spi::SpiClient;
 
 use crate::error::Result;
 
-/// Queues one notification of `message_id` for the row whose key is `record_id`.
+/// Queues one notification of `message_id` for the row whose key is `record_id`; returns its
+/// queue id.
 pub fn enqueue(
     client: &mut SpiClient,
     message_id: i64,
     record_id: &str,
     payload: &str,
-) -> Result<()> {
+) -> Result<i64> {
+    Ok(client
+        .update(
+            "INSERT INTO outbound_msg.notification (message_id, record_id, payload)
+             VALUES ($1, $2, $3) RETURNING id",
+            Some(1),
+            &[message_id.into(), record_id.into(), payload.into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or_default())
+}
+
+/// Removes every queued notification of a message that is being dropped.
+pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<()> {
     client.update(
-        "INSERT INTO outbound_msg.notification (message_id, record_id, payload)
-         VALUES ($1, $2, $3)",
+        "DELETE FROM outbound_msg.notification WHERE message_id = $1",
         None,
-        &[message_id.into(), record_id.into(), payload.into()],
+        &[message_id.into()],
     )?;
     Ok(())
 }

@@ -34,6 +34,23 @@ pub unsafe fn wire_text(datum: pg_sys::Datum, typoid: pg_sys::Oid) -> Option<Str
     }
 }
 
+/// The XSD type of a column of type `typoid` in the WSDL: the type whose lexical space
+/// [`wire_text`] writes for it.
+pub fn xsd_type(typoid: pg_sys::Oid) -> &'static str {
+    // SAFETY: a catalog lookup; a domain's values are values of its base type.
+    match unsafe { pg_sys::getBaseType(typoid) } {
+        pg_sys::BOOLOID => "xsd:boolean",
+        pg_sys::INT2OID | pg_sys::INT4OID => "xsd:int",
+        pg_sys::INT8OID => "xsd:long",
+        pg_sys::NUMERICOID => "xsd:decimal",
+        pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => "xsd:double",
+        pg_sys::DATEOID => "xsd:date",
+        pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => "xsd:dateTime",
+        pg_sys::BYTEAOID => "xsd:base64Binary",
+        _ => "xsd:string",
+    }
+}
+
 /// The type's own text output.
 ///
 /// # Safety
