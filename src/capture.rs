@@ -126,7 +126,7 @@ fn send(
     unique_name: &str,
     key: &str,
 ) -> std::result::Result<String, ErrorReport> {
-    Ok(Spi::connect_mut(|client| {
+    roles::api_call(|client, _caller| {
         let message = catalog::sendable(client, object, unique_name)?;
         let mut columns = vec![quote_identifier(&message.key_column)];
         columns.extend(message.fields.iter().map(quote_identifier));
@@ -155,17 +155,16 @@ fn send(
             let table = pg_sys::SPI_tuptable;
             Row::new(*(*table).vals, (*table).tupdesc)
         };
-        let id = roles::run_as_owner(|| {
-            enqueue_row(
-                client,
-                message.message_id,
-                &message.key_column,
-                &message.fields,
-                &row,
-            )
-        })?;
-        Ok::<_, Error>(salesforce_id(NOTIFICATION_PREFIX, id as u64))
-    })?)
+        // Rendered from the row before the INSERT replaces the SPI result.
+        let id = enqueue_row(
+            client,
+            message.message_id,
+            &message.key_column,
+            &message.fields,
+            &row,
+        )?;
+        Ok(salesforce_id(NOTIFICATION_PREFIX, id as u64))
+    })
 }
 
 /// The SQL type of the key column, to read a key given as text.

@@ -107,14 +107,12 @@ fn create_message(
         client_certificate: client_certificate.map(str::to_string),
         active,
     };
-    Ok(Spi::connect_mut(|client| {
-        let checked = check(client, settings, None)?;
-        roles::run_as_owner(|| {
-            let id = insert(client, &checked)?;
-            install_trigger(client, &checked.table)?;
-            Ok::<_, Error>(id)
-        })
-    })?)
+    roles::api_call(|client, caller| {
+        let checked = check(client, settings, None, caller)?;
+        let id = insert(client, &checked)?;
+        install_trigger(client, &checked.table)?;
+        Ok(id)
+    })
 }
 
 /// Changes settings of a message; NULL keeps a setting as it is, and an empty string removes
@@ -141,13 +139,13 @@ fn alter_message(
         Some("") => None,
         Some(text) => Some(text.to_string()),
     };
-    Ok(Spi::connect_mut(|client| {
+    roles::api_call(|client, caller| {
         let Stored {
             id,
             settings: current,
             ..
         } = find(client, object, unique_name)?;
-        refuse_if_protected(&current)?;
+        refuse_if_protected(&current, caller)?;
         let changed = Settings {
             object: current.object,
             name: name.map_or(current.name, str::to_string),
@@ -162,49 +160,40 @@ fn alter_message(
             client_certificate: optional(client_certificate, current.client_certificate),
             active: active.unwrap_or(current.active),
         };
-        let checked = check(client, changed, Some(id))?;
-        roles::run_as_owner(|| update(client, id, &checked))
-    })?)
+        let checked = check(client, changed, Some(id), caller)?;
+        update(client, id, &checked)
+    })
 }
 
 /// Removes a message, its queued notifications, and the table's trigger when no message is left.
 #[pg_extern]
 fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), ErrorReport> {
-    Ok(Spi::connect_mut(|client| {
-        let Stored {
-            id,
-            settings: current,
-            ..
-        } = find(client, object, unique_name)?;
-        refuse_if_protected(&current)?;
-        roles::run_as_owner(|| {
-            queue::forget_message(client, id)?;
-            client.update(
-                "DELETE FROM outbound_msg.message WHERE id = $1",
-                None,
-                &[id.into()],
-            )?;
-            let left = client
-                .select(
-                    "SELECT 1 FROM outbound_msg.message WHERE object = $1",
-                    Some(1),
-                    &[object.into()],
-                )?
-                .len();
-            if left == 0 {
-                let table = table_text(client, object.0)?;
-                client.update(
-                    &format!(
-                        "DROP TRIGGER IF EXISTS {} ON {table}",
-                        quote_identifier(TRIGGER_NAME)
-                    ),
-                    None,
-                    &[],
-                )?;
-            }
-            Ok::<_, Error>(())
-        })
-    })?)
+    roles::api_call(|client, caller| {
+        let stored = find(client, object, unique_name)?;
+        refuse_if_protected(&stored.settings, caller)?;
+        queue::forget_message(client, stored.id)?;
+        client.update(
+            "DELETE FROM outbound_msg.message WHERE id = $1",
+            None,
+            &[stored.id.into()],
+        )?;
+        let left = client
+            .select(
+                "SELECT 1 FROM outbound_msg.message WHERE object = $1",
+                Some(1),
+                &[object.into()],
+            )?
+            .len();
+        if left == 0 {
+            let table = table_text(client, object.0)?;
+            let drop = format!(
+                "DROP TRIGGER IF EXISTS {} ON {table}",
+                quote_identifier(TRIGGER_NAME)
+            );
+            client.update(&drop, None, &[])?;
+        }
+        Ok(())
+    })
 }
 
 /// Makes a message capture again.
@@ -224,28 +213,22 @@ fn set_active(
     unique_name: &str,
     active: bool,
 ) -> std::result::Result<(), ErrorReport> {
-    Ok(Spi::connect_mut(|client| {
-        let Stored {
-            id,
-            settings: current,
-            ..
-        } = find(client, object, unique_name)?;
-        refuse_if_protected(&current)?;
-        roles::run_as_owner(|| {
-            client.update(
-                "UPDATE outbound_msg.message SET active = $2 WHERE id = $1",
-                None,
-                &[id.into(), active.into()],
-            )?;
-            Ok::<_, Error>(())
-        })
-    })?)
+    roles::api_call(|client, caller| {
+        let stored = find(client, object, unique_name)?;
+        refuse_if_protected(&stored.settings, caller)?;
+        client.update(
+            "UPDATE outbound_msg.message SET active = $2 WHERE id = $1",
+            None,
+            &[stored.id.into(), active.into()],
+        )?;
+        Ok(())
+    })
 }
 
 /// The WSDL a listener for this message is built from, with its endpoint as `soap:address`.
 #[pg_extern(stable)]
 fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, ErrorReport> {
-    Ok(Spi::connect(|client| {
+    roles::api_call(|client, _caller| {
         let settings = find(client, object, unique_name)?.settings;
         let table = relation_name(client, settings.object)?;
         let mut typed = Vec::with_capacity(settings.fields.len());
@@ -266,8 +249,8 @@ fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, Erro
             .iter()
             .map(|(name, xsd_type)| wsdl::Field { name, xsd_type })
             .collect();
-        Ok::<_, Error>(wsdl::generate(&table, &fields, &settings.endpoint_url))
-    })?)
+        Ok(wsdl::generate(&table, &fields, &settings.endpoint_url))
+    })
 }
 
 /// The active messages of a table, for capture. A row trigger defined on a partitioned table
@@ -341,7 +324,12 @@ struct Checked {
 
 /// Checks every setting (SPEC §1) with the caller's privileges. `id` is the message being
 /// altered, if any. Returns the settings with fields in sending (alphabetical) order.
-fn check(client: &SpiClient, mut settings: Settings, id: Option<i64>) -> Result<Checked> {
+fn check(
+    client: &SpiClient,
+    mut settings: Settings,
+    id: Option<i64>,
+    caller: pg_sys::Oid,
+) -> Result<Checked> {
     let table = table_text(client, settings.object)?;
     check_table(client, settings.object, &table)?;
     let key_column = single_primary_key(client, settings.object, &table)?;
@@ -362,7 +350,7 @@ fn check(client: &SpiClient, mut settings: Settings, id: Option<i64>) -> Result<
         ))
     })?;
 
-    let role = check_send_as(client, settings.send_as)?;
+    let role = check_send_as(client, settings.send_as, caller)?;
     settings.fields = check_fields(client, settings.object, &table, settings.fields)?;
     check_role_can_read(client, &settings, &table, &role, &key_column)?;
 
@@ -385,7 +373,7 @@ fn check(client: &SpiClient, mut settings: Settings, id: Option<i64>) -> Result<
         settings,
         table,
         key_column,
-        caller: roles::current(),
+        caller,
     })
 }
 
@@ -531,7 +519,7 @@ fn check_unique_name_is_free(
 
 /// The send-as role must exist and the caller must be a member of it (or a superuser). Returns
 /// its name.
-fn check_send_as(client: &SpiClient, send_as: pg_sys::Oid) -> Result<String> {
+fn check_send_as(client: &SpiClient, send_as: pg_sys::Oid, caller: pg_sys::Oid) -> Result<String> {
     let role = client
         .select(
             "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = $1",
@@ -546,7 +534,6 @@ fn check_send_as(client: &SpiClient, send_as: pg_sys::Oid) -> Result<String> {
                 format!("role with OID {} does not exist", send_as.to_u32()),
             )
         })?;
-    let caller = roles::current();
     if !roles::is_superuser(caller) && !roles::is_member_of(caller, send_as) {
         return Err(Error::new(
             Kind::InsufficientPrivilege,
@@ -693,8 +680,8 @@ fn find(client: &SpiClient, object: RegClass, unique_name: &str) -> Result<Store
 }
 
 /// A protected message can be altered, enabled, disabled or dropped by a superuser only.
-fn refuse_if_protected(settings: &Settings) -> Result<()> {
-    if settings.protected && !roles::is_superuser(roles::current()) {
+fn refuse_if_protected(settings: &Settings, caller: pg_sys::Oid) -> Result<()> {
+    if settings.protected && !roles::is_superuser(caller) {
         return Err(Error::new(
             Kind::InsufficientPrivilege,
             format!("outbound message \"{}\" is protected", settings.unique_name),

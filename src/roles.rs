@@ -42,6 +42,18 @@ pub fn run_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` in an SPI connection as the owner of the extension, who owns its tables; `f` gets
+/// the role that called (for the checks that are about the caller). This is how every SQL
+/// function of the API runs.
+pub fn api_call<T>(
+    f: impl FnOnce(&mut pgrx::spi::SpiClient, pg_sys::Oid) -> crate::error::Result<T>,
+) -> Result<T, pgrx::pg_sys::panic::ErrorReport> {
+    let caller = current();
+    Ok(run_as_owner(|| {
+        Spi::connect_mut(|client| f(client, caller))
+    })?)
+}
+
 /// Runs `f` as the owner of the extension, who owns its tables.
 pub fn run_as_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = Spi::get_one::<pg_sys::Oid>(

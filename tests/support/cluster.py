@@ -60,8 +60,8 @@ class Cluster:
             command = ["runuser", "-u", "postgres", "--", *command]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
-    def connect(self, dbname="postgres", **kwargs):
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+    def connect(self, dbname="postgres", user="postgres", **kwargs):
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=user,
                                dbname=dbname, autocommit=True, **kwargs)
 
     def log(self):
