@@ -692,7 +692,8 @@ fn refuse_if_protected(settings: &Settings, caller: pg_sys::Oid) -> Result<()> {
 }
 
 fn insert(client: &mut SpiClient, checked: &Checked) -> Result<i64> {
-    let s = &checked.settings;
+    let mut args = stored_values(checked);
+    args.push(RegRole(checked.caller).into());
     client
         .update(
             "INSERT INTO outbound_msg.message
@@ -701,22 +702,7 @@ fn insert(client: &mut SpiClient, checked: &Checked) -> Result<i64> {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::regrole::name)
              RETURNING id",
             Some(1),
-            &[
-                RegClass(s.object).into(),
-                s.name.as_str().into(),
-                s.unique_name.as_str().into(),
-                s.description.as_deref().into(),
-                s.endpoint_url.as_str().into(),
-                s.fields.clone().into(),
-                RegRole(s.send_as).into(),
-                s.evaluate.as_str().into(),
-                s.criteria.as_deref().into(),
-                s.protected.into(),
-                s.client_certificate.as_deref().into(),
-                s.active.into(),
-                checked.key_column.as_str().into(),
-                RegRole(checked.caller).into(),
-            ],
+            &args,
         )?
         .first()
         .get_one::<i64>()?
@@ -724,31 +710,38 @@ fn insert(client: &mut SpiClient, checked: &Checked) -> Result<i64> {
 }
 
 fn update(client: &mut SpiClient, id: i64, checked: &Checked) -> Result<()> {
-    let s = &checked.settings;
+    let mut args = stored_values(checked);
+    args.push(id.into());
     client.update(
         "UPDATE outbound_msg.message
-            SET name = $2, unique_name = $3, description = $4, endpoint_url = $5, fields = $6,
-                send_as = $7, evaluate = $8, criteria = $9, protected = $10,
+            SET object = $1, name = $2, unique_name = $3, description = $4, endpoint_url = $5,
+                fields = $6, send_as = $7, evaluate = $8, criteria = $9, protected = $10,
                 client_certificate = $11, active = $12, key_column = $13
-          WHERE id = $1",
+          WHERE id = $14",
         None,
-        &[
-            id.into(),
-            s.name.as_str().into(),
-            s.unique_name.as_str().into(),
-            s.description.as_deref().into(),
-            s.endpoint_url.as_str().into(),
-            s.fields.clone().into(),
-            RegRole(s.send_as).into(),
-            s.evaluate.as_str().into(),
-            s.criteria.as_deref().into(),
-            s.protected.into(),
-            s.client_certificate.as_deref().into(),
-            s.active.into(),
-            checked.key_column.as_str().into(),
-        ],
+        &args,
     )?;
     Ok(())
+}
+
+/// The stored columns of a definition, as `$1` to `$13` of [`insert`] and [`update`].
+fn stored_values(checked: &Checked) -> Vec<pgrx::datum::DatumWithOid<'_>> {
+    let s = &checked.settings;
+    vec![
+        RegClass(s.object).into(),
+        s.name.as_str().into(),
+        s.unique_name.as_str().into(),
+        s.description.as_deref().into(),
+        s.endpoint_url.as_str().into(),
+        s.fields.clone().into(),
+        RegRole(s.send_as).into(),
+        s.evaluate.as_str().into(),
+        s.criteria.as_deref().into(),
+        s.protected.into(),
+        s.client_certificate.as_deref().into(),
+        s.active.into(),
+        checked.key_column.as_str().into(),
+    ]
 }
 
 /// Installs the table's capture trigger unless a previous message already did.
