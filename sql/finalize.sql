@@ -5,13 +5,20 @@
 -- extension's owner, and reads the changed row only through its trigger data.
 ALTER FUNCTION outbound_msg.capture() SECURITY DEFINER;
 
+-- Hides the password of credentials in a URL (scheme://user:password@host).
+CREATE FUNCTION outbound_msg.mask_credentials(url text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+RETURN regexp_replace(url, '^([^:/]+://[^/@:]*):[^/@]*@', '\1:********@');
+COMMENT ON FUNCTION outbound_msg.mask_credentials(text) IS
+    'The URL with the password of its credentials replaced by ********';
+
 -- Every definition, readably. Credentials in endpoint URLs are masked.
 CREATE VIEW outbound_msg.messages AS
 SELECT m.object AS table_name,
        m.name,
        m.unique_name,
        m.description,
-       regexp_replace(m.endpoint_url, '^([^:/]+://[^/@:]*):[^/@]*@', '\1:********@') AS endpoint_url,
+       outbound_msg.mask_credentials(m.endpoint_url) AS endpoint_url,
        m.send_as,
        m.fields,
        m.evaluate,
@@ -27,6 +34,47 @@ SELECT m.object AS table_name,
 COMMENT ON VIEW outbound_msg.messages IS
     'Outbound message definitions, one row per message, for psql';
 
+-- Like Salesforce's Outbound Messaging Delivery Status page: every notification not yet
+-- acknowledged. A "sending" notification whose lease ran out is due again: shown as retrying.
+CREATE VIEW outbound_msg.delivery_status AS
+SELECT m.unique_name AS message,
+       m.object AS table_name,
+       outbound_msg.mask_credentials(m.endpoint_url) AS endpoint_url,
+       n.record_id,
+       outbound_msg.notification_id(n.id) AS notification_id,
+       CASE WHEN n.state = 'sending' AND n.next_attempt_at <= now() THEN 'retrying'
+            ELSE n.state END AS state,
+       n.attempts,
+       n.created_at,
+       CASE WHEN n.state <> 'expired' THEN n.next_attempt_at END AS next_attempt_at,
+       n.last_attempt_at,
+       n.last_error
+  FROM outbound_msg.notification n
+  JOIN outbound_msg.message m ON m.id = n.message_id
+ ORDER BY n.id;
+COMMENT ON VIEW outbound_msg.delivery_status IS
+    'Every notification not yet acknowledged, with its state, attempts and last error';
+
+-- Counters per message.
+CREATE VIEW outbound_msg.delivery_stats AS
+SELECT m.object AS table_name,
+       m.unique_name AS message,
+       count(n.id) FILTER (WHERE n.state <> 'expired') AS queued,
+       coalesce(s.delivered, 0) AS delivered,
+       coalesce(s.failed_attempts, 0) AS failed_attempts,
+       count(n.id) FILTER (WHERE n.state = 'expired') AS expired,
+       s.last_success,
+       s.last_failure,
+       CASE WHEN s.delivered > 0 THEN s.latency_total / s.delivered END AS average_latency,
+       s.last_latency
+  FROM outbound_msg.message m
+  LEFT JOIN outbound_msg.message_stats s ON s.message_id = m.id
+  LEFT JOIN outbound_msg.notification n ON n.message_id = m.id
+ GROUP BY m.id, s.message_id
+ ORDER BY m.object::text, m.unique_name;
+COMMENT ON VIEW outbound_msg.delivery_stats IS
+    'Per message: queued, delivered, failed attempts, expired, last success and failure, latency';
+
 -- DDL that would break a definition. A dropped table takes its messages and their queued
 -- notifications with it; dropping or renaming a sent column, or changing the primary key that
 -- supplies the record Id, is refused while a message uses it.
@@ -41,8 +89,10 @@ BEGIN
         DELETE FROM outbound_msg.message m
          USING pg_event_trigger_dropped_objects() d
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.object
-        RETURNING m.id)
-    DELETE FROM outbound_msg.notification n USING dropped WHERE n.message_id = dropped.id;
+        RETURNING m.id),
+    queued AS (
+        DELETE FROM outbound_msg.notification n USING dropped WHERE n.message_id = dropped.id)
+    DELETE FROM outbound_msg.message_stats s USING dropped WHERE s.message_id = dropped.id;
 END
 $$;
 COMMENT ON FUNCTION outbound_msg.forget_dropped_tables() IS
@@ -102,7 +152,11 @@ CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
 
 -- Only superusers, or roles a superuser grants EXECUTE to, define and administer messages.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbound_msg FROM PUBLIC;
-REVOKE ALL ON outbound_msg.messages FROM PUBLIC;
+-- Pure helpers the views use: harmless, so the views work for whoever may read them.
+GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint)
+    TO PUBLIC;
+REVOKE ALL ON outbound_msg.messages, outbound_msg.delivery_status, outbound_msg.delivery_stats
+    FROM PUBLIC;
 
 COMMENT ON FUNCTION outbound_msg.create_message(
     regclass, text, text, text, text[], regrole, text, text, text, boolean, text, boolean) IS

@@ -29,26 +29,48 @@ COMMENT ON COLUMN outbound_msg.message.fields IS
 COMMENT ON COLUMN outbound_msg.message.key_column IS
     'Primary key column whose value is sent as the record Id';
 
--- The delivery queue: one row per notification still to be acknowledged. Written only by
--- src/queue.rs. A row leaves the queue only when a listener acknowledged its message.
+-- The delivery queue: one row per notification still to be acknowledged, or expired. Written
+-- only by src/queue.rs. A row leaves the queue only when a listener acknowledged its message,
+-- or an administrator discarded it.
 CREATE TABLE outbound_msg.notification (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id      bigint NOT NULL,
     record_id       text NOT NULL,
     payload         text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    state           text NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'sending', 'retrying', 'expired')),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_attempt_at timestamptz,
-    last_error      text
+    last_error      text,
+    retried_at      timestamptz
 );
-CREATE INDEX notification_due ON outbound_msg.notification (next_attempt_at, id);
+CREATE INDEX notification_due ON outbound_msg.notification (next_attempt_at, id)
+    WHERE state <> 'expired';
 CREATE INDEX notification_message ON outbound_msg.notification (message_id);
 COMMENT ON TABLE outbound_msg.notification IS
-    'Notifications waiting for delivery, with the outcome of their last attempt';
+    'Notifications waiting for delivery or expired, with the outcome of their last attempt';
 COMMENT ON COLUMN outbound_msg.notification.payload IS
     'The sObject fields as SOAP XML, rendered when the row changed';
-COMMENT ON COLUMN outbound_msg.notification.next_attempt_at IS
-    'When the worker may next send it; while a delivery is in flight, the end of its lease';
+COMMENT ON COLUMN outbound_msg.notification.state IS
+    'queued: never tried; sending: in flight until next_attempt_at (its lease); retrying: failed, '
+    'next try at next_attempt_at; expired: failed past outbound_msg.max_age, kept, not retried';
+COMMENT ON COLUMN outbound_msg.notification.retried_at IS
+    'Last outbound_msg.retry() of this notification: its age for outbound_msg.max_age counts from here';
 
-REVOKE ALL ON outbound_msg.message, outbound_msg.notification FROM PUBLIC;
+-- Delivery counters per message. Written only by src/queue.rs.
+CREATE TABLE outbound_msg.message_stats (
+    message_id      bigint PRIMARY KEY,
+    delivered       bigint NOT NULL DEFAULT 0,
+    failed_attempts bigint NOT NULL DEFAULT 0,
+    last_success    timestamptz,
+    last_failure    timestamptz,
+    latency_total   interval NOT NULL DEFAULT '0',
+    last_latency    interval
+);
+COMMENT ON TABLE outbound_msg.message_stats IS
+    'Per message: notifications delivered, failed notification attempts, capture-to-ack latency';
+
+REVOKE ALL ON outbound_msg.message, outbound_msg.notification, outbound_msg.message_stats
+    FROM PUBLIC;

@@ -281,6 +281,11 @@ pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Cap
     Ok(messages)
 }
 
+/// The id of the message named `unique_name` on `object`, or 42704.
+pub fn message_id(client: &SpiClient, object: RegClass, unique_name: &str) -> Result<i64> {
+    Ok(find(client, object, unique_name)?.id)
+}
+
 /// What `send` needs of a message: its id, send-as role, key column, fields and activity.
 pub struct Sendable {
     pub message_id: i64,

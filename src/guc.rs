@@ -12,6 +12,11 @@ static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static RETRY_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static RETRY_MAX_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(7_200_000);
+static MAX_AGE_MS: GucSetting<i32> = GucSetting::<i32>::new(86_400_000);
+static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(8);
+static ORGANIZATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ENTERPRISE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static PARTNER_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -48,6 +53,60 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.retry_min_interval",
+        c"Wait before the first retry of a failed notification.",
+        c"Each further failure doubles the wait (with jitter), up to outbound_msg.retry_max_interval.",
+        &RETRY_MIN_INTERVAL_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.retry_max_interval",
+        c"Longest wait between two attempts to deliver a notification.",
+        c"Exponential backoff stops growing here.",
+        &RETRY_MAX_INTERVAL_MS,
+        100,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.max_age",
+        c"Age after which a notification that still fails is kept as expired and no longer retried.",
+        c"Counted from its capture, or from its last outbound_msg.retry().",
+        &MAX_AGE_MS,
+        1_000,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.max_connections",
+        c"Most SOAP requests a worker keeps in flight at once.",
+        c"A message uses at most half of them, so one slow endpoint cannot hold up the others.",
+        &MAX_CONNECTIONS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // SAFETY: the check hook is a plain function that cannot unwind.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"outbound_msg.organization_id",
+            c"OrganizationId sent in every message; empty derives one from the cluster.",
+            c"18 ASCII letters and digits. Empty (the default) derives a stable id from the cluster's system identifier.",
+            &ORGANIZATION_ID,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_organization_id),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"outbound_msg.enterprise_url",
         c"EnterpriseUrl sent in every message.",
@@ -64,6 +123,22 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+}
+
+/// Accepts an empty value or 18 ASCII letters and digits.
+unsafe extern "C-unwind" fn check_organization_id(
+    new_value: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a NUL-terminated string, or to NULL.
+    let value = unsafe {
+        if new_value.is_null() || (*new_value).is_null() {
+            return true;
+        }
+        std::ffi::CStr::from_ptr(*new_value).to_bytes()
+    };
+    value.is_empty() || (value.len() == 18 && value.iter().all(u8::is_ascii_alphanumeric))
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> String {
@@ -85,7 +160,36 @@ pub fn batch_size() -> usize {
 
 /// `outbound_msg.timeout`.
 pub fn timeout() -> Duration {
-    Duration::from_millis(TIMEOUT_MS.get().max(1) as u64)
+    millis(&TIMEOUT_MS)
+}
+
+fn millis(setting: &GucSetting<i32>) -> Duration {
+    Duration::from_millis(setting.get().max(1) as u64)
+}
+
+/// `outbound_msg.retry_min_interval`.
+pub fn retry_min_interval() -> Duration {
+    millis(&RETRY_MIN_INTERVAL_MS)
+}
+
+/// `outbound_msg.retry_max_interval`.
+pub fn retry_max_interval() -> Duration {
+    millis(&RETRY_MAX_INTERVAL_MS)
+}
+
+/// `outbound_msg.max_age`.
+pub fn max_age() -> Duration {
+    millis(&MAX_AGE_MS)
+}
+
+/// `outbound_msg.max_connections`.
+pub fn max_connections() -> usize {
+    MAX_CONNECTIONS.get().clamp(1, 64) as usize
+}
+
+/// `outbound_msg.organization_id`, `None` when empty (then derived from the cluster).
+pub fn organization_id() -> Option<String> {
+    Some(text(&ORGANIZATION_ID)).filter(|id| !id.is_empty())
 }
 
 /// `outbound_msg.enterprise_url`.

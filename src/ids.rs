@@ -32,6 +32,19 @@ pub fn salesforce_id(prefix: &str, number: u64) -> String {
     id
 }
 
+/// The number behind an 18-character id of `prefix`, or `None` when `id` is not one (wrong
+/// length, prefix, digit or checksum).
+pub fn number_of(prefix: &str, id: &str) -> Option<u64> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 18 || !id.starts_with(prefix) || checksum(&bytes[..15]) != bytes[15..] {
+        return None;
+    }
+    bytes[3..15].iter().try_fold(0u64, |number, &digit| {
+        let value = BASE62.iter().position(|&d| d == digit)? as u64;
+        number.checked_mul(62)?.checked_add(value)
+    })
+}
+
 /// Salesforce's case-safety suffix of a 15-character id: one character per 5-character chunk,
 /// whose bits mark the chunk's upper-case letters.
 fn checksum(id15: &[u8]) -> [u8; 3] {
@@ -75,6 +88,26 @@ mod tests {
             salesforce_id(ACTION_PREFIX, 7),
             salesforce_id(ACTION_PREFIX, 7)
         );
+    }
+
+    #[test]
+    fn ids_decode_back_to_their_number() {
+        for n in [0, 1, 61, 62, 123_456_789, u64::MAX] {
+            assert_eq!(
+                number_of(NOTIFICATION_PREFIX, &salesforce_id(NOTIFICATION_PREFIX, n)),
+                Some(n)
+            );
+        }
+        let id = salesforce_id(NOTIFICATION_PREFIX, 42);
+        assert_eq!(number_of(ACTION_PREFIX, &id), None, "wrong prefix");
+        assert_eq!(number_of(NOTIFICATION_PREFIX, &id[..17]), None, "too short");
+        let mut tampered = id.clone().into_bytes();
+        tampered[14] = b'Z';
+        assert_eq!(
+            number_of(NOTIFICATION_PREFIX, std::str::from_utf8(&tampered).unwrap()),
+            None
+        );
+        assert_eq!(number_of(NOTIFICATION_PREFIX, "04l00000000000!AAA"), None);
     }
 
     #[test]

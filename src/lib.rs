@@ -6,6 +6,7 @@
 
 use pgrx::prelude::*;
 
+mod admin;
 mod capture;
 mod catalog;
 mod criteria;
@@ -14,6 +15,7 @@ mod guc;
 mod http;
 mod ids;
 mod queue;
+mod retry;
 mod roles;
 mod soap;
 mod sqltypes;

@@ -1,144 +1,253 @@
-//! One delivery round: claim due notifications in a short transaction, send them over HTTP
-//! outside any transaction, record the outcomes in a second short transaction.
+//! The delivery loop of a worker: record finished deliveries, claim due notifications for the
+//! free request slots, hand them to the HTTP pool. Claims and outcomes each run in a short
+//! transaction on the main thread; HTTP runs on the pool's threads, outside any transaction.
+//!
+//! A message may use at most half of the request slots (at least one), so a slow or dead
+//! endpoint can never take them all: the others keep flowing while its requests time out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
+use super::pool::{Done, Job, Pool};
 use crate::guc;
-use crate::http::{Client, Limits};
+use crate::http::Limits;
 use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
-use crate::queue::{self, Batch};
+use crate::queue::{self, Batch, ClaimLimits};
+use crate::retry::{backoff, Jitter};
 use crate::soap::{self, Header, Notification};
 
-/// Batches claimed per round; they are sent one after another.
-const BATCHES_PER_ROUND: usize = 4;
-/// Time after which a failed notification is tried again.
-const RETRY_DELAY: Duration = Duration::from_secs(10);
 /// Largest listener response read.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
+/// A lease outlasts the request's own timeout by this much.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Longest sleep when nothing is due.
+pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-/// Delivers the queue of the worker's database; keeps its HTTP connections between rounds.
+/// Delivers the queue of the worker's database.
 pub struct Deliverer {
-    client: Client,
+    pool: Pool,
+    /// Batches in flight, per message.
+    in_flight: HashMap<i64, usize>,
+    derived_organization_id: Option<String>,
+    jitter: Jitter,
+}
+
+/// Settings read once per step, so a reload applies between steps.
+struct Settings {
+    batch_size: usize,
+    max_connections: usize,
     limits: Limits,
-    organization_id: Option<String>,
+    retry_min: Duration,
+    retry_max: Duration,
+    max_age: Duration,
+}
+
+impl Settings {
+    fn current() -> Settings {
+        Settings {
+            batch_size: guc::batch_size(),
+            max_connections: guc::max_connections(),
+            limits: Limits {
+                timeout: guc::timeout(),
+                max_response_bytes: MAX_RESPONSE_BYTES,
+            },
+            retry_min: guc::retry_min_interval(),
+            retry_max: guc::retry_max_interval(),
+            max_age: guc::max_age(),
+        }
+    }
+
+    /// Batches one message may have in flight.
+    fn per_message_slots(&self) -> usize {
+        (self.max_connections / 2).max(1)
+    }
 }
 
 impl Deliverer {
-    pub fn new() -> Deliverer {
-        let limits = current_limits();
-        Deliverer {
-            client: Client::new(limits.clone()),
-            limits,
-            organization_id: None,
-        }
+    pub fn new() -> std::io::Result<Deliverer> {
+        let settings = Settings::current();
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Deliverer {
+            pool: Pool::new(settings.limits)?,
+            in_flight: HashMap::new(),
+            derived_organization_id: None,
+            jitter: Jitter::new(seed),
+        })
     }
 
-    /// Delivers rounds until nothing is due or the worker is asked to stop.
-    pub fn deliver_due(&mut self) {
-        loop {
-            let limits = current_limits();
-            if limits != self.limits {
-                self.client = Client::new(limits.clone());
-                self.limits = limits;
-            }
-            let batch_size = guc::batch_size();
-            let limit = batch_size * BATCHES_PER_ROUND;
-            // Sends are sequential: the lease covers every batch of the round timing out.
-            let lease = self.limits.timeout * BATCHES_PER_ROUND as u32 + Duration::from_secs(30);
-            let known_organization = self.organization_id.clone();
-            let claimed = BackgroundWorker::transaction(move || {
-                if !extension_installed() {
-                    return None;
-                }
-                let organization_id = known_organization.unwrap_or_else(organization_id);
-                match queue::claim(limit, batch_size, lease) {
-                    Ok(batches) => Some((organization_id, batches)),
-                    Err(err) => {
-                        warning!(
-                            "outbound_msg: could not claim notifications: {}",
-                            err.message
-                        );
-                        None
-                    }
-                }
-            });
-            let Some((organization_id, batches)) = claimed else {
-                return;
-            };
-            let claimed_count: usize = batches.iter().map(|b| b.notifications.len()).sum();
-            let header_values = HeaderValues {
-                organization_id: organization_id.clone(),
-                enterprise_url: guc::enterprise_url(),
-                partner_url: guc::partner_url(),
-            };
-            self.organization_id = Some(organization_id);
-
-            let outcomes: Vec<(Vec<i64>, Result<(), String>)> = batches
-                .iter()
-                .map(|batch| (batch.ids(), self.send(&header_values, batch)))
-                .collect();
-            if !outcomes.is_empty() {
-                BackgroundWorker::transaction(move || record(&outcomes));
-            }
-            if claimed_count < limit || BackgroundWorker::sigterm_received() {
-                return;
-            }
-        }
+    /// The socket that becomes readable when a delivery ends.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.pool.wake_fd()
     }
 
-    /// Sends one batch as one SOAP message.
-    fn send(&self, values: &HeaderValues, batch: &Batch) -> Result<(), String> {
-        let action_id = salesforce_id(ACTION_PREFIX, batch.message_id as u64);
-        let header = Header {
-            organization_id: &values.organization_id,
-            action_id: &action_id,
-            enterprise_url: &values.enterprise_url,
-            partner_url: &values.partner_url,
+    /// One step of the loop; returns how long the worker may sleep before the next (it also
+    /// wakes on its latch and when a delivery ends). `None` means the extension is not
+    /// installed in this database.
+    pub fn step(&mut self) -> Option<Duration> {
+        let settings = Settings::current();
+        self.pool.set_limits(settings.limits.clone());
+        if let Err(err) = self.pool.ensure_threads(settings.max_connections) {
+            warning!("outbound_msg: could not start HTTP threads: {err}");
+        }
+
+        let finished = self.pool.finished();
+        if !finished.is_empty() {
+            for done in &finished {
+                self.finish(done.message_id);
+            }
+            let outcomes = Outcomes::new(finished, &settings, &mut self.jitter);
+            BackgroundWorker::transaction(move || outcomes.record());
+        }
+
+        let in_flight: usize = self.in_flight.values().sum();
+        let free = settings.max_connections.saturating_sub(in_flight);
+        if free == 0 {
+            return Some(IDLE_WAIT);
+        }
+        let slots = settings.per_message_slots();
+        let reduced: Vec<(i64, usize)> = self
+            .in_flight
+            .iter()
+            .map(|(message, busy)| (*message, slots.saturating_sub(*busy) * settings.batch_size))
+            .collect();
+        let limits = ClaimLimits {
+            total: free * settings.batch_size,
+            per_message: slots * settings.batch_size,
+            reduced: &reduced,
+            batch_size: settings.batch_size,
+            lease: settings.limits.timeout + LEASE_MARGIN,
         };
-        let ids: Vec<String> = batch
-            .notifications
-            .iter()
-            .map(|(id, _)| salesforce_id(NOTIFICATION_PREFIX, *id as u64))
-            .collect();
-        let notifications: Vec<Notification> = ids
-            .iter()
-            .zip(&batch.notifications)
-            .map(|(id, (_, fields_xml))| Notification { id, fields_xml })
-            .collect();
-        let body = soap::write_envelope(&header, &batch.object_type, &notifications);
-        self.client.deliver(&batch.endpoint_url, &body)
+        let known = self.derived_organization_id.clone();
+        let claimed = BackgroundWorker::transaction(|| {
+            if !extension_installed() {
+                return None;
+            }
+            let derived = known.unwrap_or_else(derived_organization_id);
+            let batches = queue::claim(&limits).unwrap_or_else(|err| {
+                warning!(
+                    "outbound_msg: could not claim notifications: {}",
+                    err.message
+                );
+                Vec::new()
+            });
+            let next_due = queue::next_due().ok().flatten();
+            Some((derived, batches, next_due))
+        });
+        let (derived, batches, next_due) = claimed?;
+        let organization_id = guc::organization_id().unwrap_or_else(|| derived.clone());
+        self.derived_organization_id = Some(derived);
+
+        let claimed_rows: usize = batches.iter().map(|b| b.notifications.len()).sum();
+        let header = HeaderValues {
+            organization_id,
+            enterprise_url: guc::enterprise_url(),
+            partner_url: guc::partner_url(),
+        };
+        for batch in batches {
+            *self.in_flight.entry(batch.message_id).or_default() += 1;
+            self.pool.submit(job(&header, batch));
+        }
+        Some(if claimed_rows == limits.total {
+            Duration::ZERO
+        } else {
+            next_due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)
+        })
+    }
+
+    fn finish(&mut self, message_id: i64) {
+        if let Some(busy) = self.in_flight.get_mut(&message_id) {
+            *busy -= 1;
+            if *busy == 0 {
+                self.in_flight.remove(&message_id);
+            }
+        }
     }
 }
 
-/// Header values that are the same for every message of a round.
+/// Header values that are the same for every message of a step.
 struct HeaderValues {
     organization_id: String,
     enterprise_url: String,
     partner_url: String,
 }
 
-fn current_limits() -> Limits {
-    Limits {
-        timeout: guc::timeout(),
-        max_response_bytes: MAX_RESPONSE_BYTES,
+/// The SOAP message for one batch.
+fn job(values: &HeaderValues, batch: Batch) -> Job {
+    let action_id = salesforce_id(ACTION_PREFIX, batch.message_id as u64);
+    let header = Header {
+        organization_id: &values.organization_id,
+        action_id: &action_id,
+        enterprise_url: &values.enterprise_url,
+        partner_url: &values.partner_url,
+    };
+    let ids: Vec<String> = batch
+        .notifications
+        .iter()
+        .map(|(id, _)| salesforce_id(NOTIFICATION_PREFIX, *id as u64))
+        .collect();
+    let notifications: Vec<Notification> = ids
+        .iter()
+        .zip(&batch.notifications)
+        .map(|(id, (_, fields_xml))| Notification { id, fields_xml })
+        .collect();
+    let body = soap::write_envelope(&header, &batch.object_type, &notifications);
+    Job {
+        message_id: batch.message_id,
+        ids: batch.ids(),
+        attempts: batch.attempts,
+        url: batch.endpoint_url,
+        body,
     }
 }
 
-/// Records every outcome of a round.
-fn record(outcomes: &[(Vec<i64>, Result<(), String>)]) {
-    for (ids, outcome) in outcomes {
-        let recorded = match outcome {
-            Ok(()) => queue::acknowledge(ids),
-            Err(reason) => queue::record_failure(ids, reason, RETRY_DELAY),
-        };
-        if let Err(err) = recorded {
-            warning!(
-                "outbound_msg: could not record a delivery outcome: {}",
-                err.message
-            );
+/// Finished deliveries with their retry delays drawn, ready to record.
+struct Outcomes {
+    finished: Vec<(Done, Duration)>,
+    max_age: Duration,
+}
+
+impl Outcomes {
+    fn new(finished: Vec<Done>, settings: &Settings, jitter: &mut Jitter) -> Outcomes {
+        let finished = finished
+            .into_iter()
+            .map(|done| {
+                let delay = backoff(
+                    done.attempts,
+                    settings.retry_min,
+                    settings.retry_max,
+                    jitter.next_unit(),
+                );
+                (done, delay)
+            })
+            .collect();
+        Outcomes {
+            finished,
+            max_age: settings.max_age,
+        }
+    }
+
+    /// Records every outcome; a failure to record one is logged, never fatal (the lease then
+    /// runs out and the notifications are sent again).
+    fn record(&self) {
+        for (done, delay) in &self.finished {
+            let recorded = match &done.outcome {
+                Ok(()) => queue::acknowledge(done.message_id, &done.ids),
+                Err(reason) => {
+                    queue::record_failure(done.message_id, &done.ids, reason, *delay, self.max_age)
+                }
+            };
+            if let Err(err) = recorded {
+                warning!(
+                    "outbound_msg: could not record a delivery outcome: {}",
+                    err.message
+                );
+            }
         }
     }
 }
@@ -155,7 +264,7 @@ fn extension_installed() -> bool {
 
 /// The cluster's OrganizationId, derived from its system identifier: stable for the cluster's
 /// life and shared by its physical replicas.
-fn organization_id() -> String {
+fn derived_organization_id() -> String {
     let system_identifier =
         Spi::get_one::<i64>("SELECT system_identifier FROM pg_control_system()")
             .ok()

@@ -5,6 +5,7 @@
 //! restarts it if it dies.
 
 mod deliver;
+mod pool;
 
 use std::time::Duration;
 
@@ -15,8 +16,6 @@ use pgrx::prelude::*;
 
 use crate::guc;
 
-/// How long the worker sleeps when nothing is due before it looks at the queue again.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How soon the postmaster restarts a worker that died.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
 
@@ -48,11 +47,36 @@ pub extern "C-unwind" fn outbound_msg_worker_main(_arg: pg_sys::Datum) {
         guc::database()
     );
 
-    let mut deliverer = deliver::Deliverer::new();
-    // `wait_latch` returns false on SIGTERM or postmaster death: then leave.
-    while BackgroundWorker::wait_latch(Some(IDLE_WAIT)) {
+    let mut deliverer = match deliver::Deliverer::new() {
+        Ok(deliverer) => deliverer,
+        Err(err) => error!("outbound_msg: could not set up delivery: {err}"),
+    };
+    while !BackgroundWorker::sigterm_received() {
         reload_settings_if_asked();
-        deliverer.deliver_due();
+        let sleep = deliverer.step().unwrap_or(deliver::IDLE_WAIT);
+        if !sleep.is_zero() {
+            wait(sleep, deliverer.wake_fd());
+        }
+    }
+}
+
+/// Sleeps until the latch is set (a signal, a wake request), the socket becomes readable (a
+/// delivery ended), or `timeout` passes. Exits if the postmaster dies.
+fn wait(timeout: Duration, socket: std::os::fd::RawFd) {
+    let events = pg_sys::WL_LATCH_SET
+        | pg_sys::WL_SOCKET_READABLE
+        | pg_sys::WL_TIMEOUT
+        | pg_sys::WL_EXIT_ON_PM_DEATH;
+    // SAFETY: MyLatch is this process's latch; `socket` stays open while the deliverer lives.
+    unsafe {
+        pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            socket,
+            timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
     }
 }
 

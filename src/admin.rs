@@ -1,0 +1,96 @@
+//! Administration of queued notifications (SPEC §5): `retry` and `discard` one notification,
+//! every notification of a message, or every expired one; and `notification_id`, the
+//! 18-character Id a listener sees for a queue row.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::error::{Error, Kind, Result};
+use crate::ids::{number_of, salesforce_id, NOTIFICATION_PREFIX};
+use crate::queue::{self, Selection};
+use crate::sqltypes::RegClass;
+use crate::{catalog, roles};
+
+/// The notification Id sent to listeners for queue row `queue_id`.
+#[pg_extern(immutable, parallel_safe)]
+fn notification_id(queue_id: i64) -> String {
+    salesforce_id(NOTIFICATION_PREFIX, queue_id as u64)
+}
+
+/// Makes one notification (by its 18-character Id) due now; returns 1, or 0 if it is in flight.
+#[pg_extern(name = "retry")]
+fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| {
+        let id = existing_notification(client, notification_id)?;
+        queue::retry(client, Selection::One(id))
+    })
+}
+
+/// Makes every notification of a message due now, expired ones included; returns how many.
+#[pg_extern(name = "retry")]
+fn retry_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| {
+        let message_id = catalog::message_id(client, object, unique_name)?;
+        queue::retry(client, Selection::Message(message_id))
+    })
+}
+
+/// Makes every expired notification due again; returns how many.
+#[pg_extern]
+fn retry_expired() -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| queue::retry(client, Selection::Expired))
+}
+
+/// Deletes one notification (by its 18-character Id) without sending it; returns 1.
+#[pg_extern(name = "discard")]
+fn discard_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| {
+        let id = existing_notification(client, notification_id)?;
+        queue::discard(client, Selection::One(id))
+    })
+}
+
+/// Deletes every queued or expired notification of a message; returns how many.
+#[pg_extern(name = "discard")]
+fn discard_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| {
+        let message_id = catalog::message_id(client, object, unique_name)?;
+        queue::discard(client, Selection::Message(message_id))
+    })
+}
+
+/// Deletes every expired notification; returns how many.
+#[pg_extern]
+fn discard_expired() -> std::result::Result<i64, ErrorReport> {
+    roles::api_call(|client, _| queue::discard(client, Selection::Expired))
+}
+
+/// The queue id of a notification Id that exists, or 22023 / 42704.
+fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<i64> {
+    let id = number_of(NOTIFICATION_PREFIX, notification_id)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| {
+            Error::new(
+                Kind::InvalidParameter,
+                format!("invalid notification Id \"{notification_id}\""),
+            )
+            .with_hint("Notification Ids are the 18-character Ids of outbound_msg.delivery_status.")
+        })?;
+    let exists = client
+        .select(
+            "SELECT 1 FROM outbound_msg.notification WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )?
+        .len()
+        == 1;
+    if !exists {
+        return Err(Error::new(
+            Kind::UndefinedObject,
+            format!("notification \"{notification_id}\" does not exist"),
+        )
+        .with_detail("It was delivered or discarded."));
+    }
+    Ok(id)
+}
