@@ -7,9 +7,17 @@ from support.cluster import Cluster
 from support.listener import Listener
 
 
+#: Short delivery timings, so that failures, retries and expiry happen within a test.
+SETTINGS = {
+    "outbound_msg.timeout": "'2s'",
+    "outbound_msg.retry_min_interval": "'200ms'",
+    "outbound_msg.retry_max_interval": "'1s'",
+}
+
+
 @pytest.fixture(scope="session")
 def cluster():
-    cluster = Cluster()
+    cluster = Cluster(SETTINGS)
     try:
         with cluster.connect() as conn:
             conn.execute("CREATE EXTENSION outbound_msg")
@@ -22,6 +30,23 @@ def cluster():
 def db(cluster):
     with cluster.connect() as conn:
         yield conn
+
+
+@pytest.fixture
+def reload_with(db):
+    """`reload_with(name=value, ...)`: ALTER SYSTEM and reload; reset after the test."""
+    changed = []
+
+    def apply(**settings):
+        for name, value in settings.items():
+            db.execute(f"ALTER SYSTEM SET outbound_msg.{name} = '{value}'")
+            changed.append(name)
+        db.execute("SELECT pg_reload_conf()")
+
+    yield apply
+    for name in changed:
+        db.execute(f"ALTER SYSTEM RESET outbound_msg.{name}")
+    db.execute("SELECT pg_reload_conf()")
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 """SOAP listeners on 127.0.0.1 that record what they receive and answer as told."""
 
+import socket
+import struct
 import threading
+import time
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +19,16 @@ ACK = (b'<?xml version="1.0" encoding="UTF-8"?>'
 NACK = ACK.replace(b"<Ack>true</Ack>", b"<Ack>false</Ack>")
 
 
+FAULT = (b'<?xml version="1.0" encoding="UTF-8"?>'
+         b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+         b'<soapenv:Body><soapenv:Fault><faultcode>soapenv:Server</faultcode>'
+         b'<faultstring>ERP is down for maintenance</faultstring></soapenv:Fault>'
+         b'</soapenv:Body></soapenv:Envelope>')
+
+#: Returned by a behaviour: close the connection with a TCP reset instead of answering.
+RESET = object()
+
+
 def ack(_request):
     return 200, ACK
 
@@ -24,11 +37,44 @@ def nack(_request):
     return 200, NACK
 
 
-class Listener:
-    """An HTTP server answering every POST with `respond(request) -> (status, body)`.
+def fault(_request):
+    return 500, FAULT
 
-    `requests` keeps every request as a dict with `path`, `headers` (names in lower case)
-    and `body` (bytes)."""
+
+def status(code):
+    return lambda _request: (code, b"<html><body>error</body></html>")
+
+
+def slow(seconds):
+    def answer(_request):
+        time.sleep(seconds)
+        return 200, ACK
+    return answer
+
+
+def reset(_request):
+    return RESET
+
+
+def garbage(_request):
+    return 200, b"\x00\x01 this is not XML <<<"
+
+
+def redirect(_request):
+    return 302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}
+
+
+def huge(_request):
+    return 200, ACK + b" " * (2 * 1024 * 1024)
+
+
+class Listener:
+    """An HTTP server answering every POST with `respond(request)`, which returns
+    `(status, body)`, `(status, body, headers)` or `RESET`.
+
+    `requests` keeps every request as a dict with `path`, `headers` (names in lower case),
+    `body` (bytes), `client_port`, `received_at` and, once answered, `answered_at`
+    (time.monotonic())."""
 
     def __init__(self, respond=ack):
         self.respond = respond
@@ -42,18 +88,37 @@ class Listener:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                request = {"path": self.path, "headers": headers, "body": body}
+                request = {"path": self.path, "headers": headers, "body": body,
+                           "received_at": time.monotonic()}
                 with listener.lock:
                     listener.requests.append(request)
-                status, answer = listener.respond(request)
-                self.send_response(status)
+                request["client_port"] = self.client_address[1]
+                answer = listener.respond(request)
+                if answer is RESET:
+                    self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                            struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.request.close()
+                    return
+                code, body, *headers = answer
+                self.send_response(code)
                 self.send_header("Content-Type", "text/xml; charset=utf-8")
-                self.send_header("Content-Length", str(len(answer)))
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(answer)
+                self.wfile.write(body)
+                request["answered_at"] = time.monotonic()
 
             def log_message(self, *args):
                 pass
+
+            def finish(self):
+                # After a deliberate reset the socket is gone: nothing left to flush.
+                try:
+                    super().finish()
+                except (OSError, ValueError):
+                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

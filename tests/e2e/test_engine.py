@@ -1,0 +1,225 @@
+"""End to end: the delivery engine against listeners that misbehave in every way SPEC §3
+names. Each failure is recorded with its reason and retried, and never holds up another
+endpoint. The session cluster runs with timeout 2s, retry_min_interval 200ms and
+retry_max_interval 1s (tests/conftest.py)."""
+
+import psycopg
+import pytest
+
+from support.cluster import wait_for
+from support import listener as behaviours
+from support.listener import Listener
+
+
+def define(db, table, url, unique_name):
+    return db.execute(
+        "SELECT outbound_msg.create_message(%s, %s, %s, %s, ARRAY['v'], 'postgres')",
+        (table, unique_name, unique_name, url)).fetchone()[0]
+
+
+def status_of(db, message_id):
+    return db.execute(
+        "SELECT s.state, s.attempts, s.last_error, s.notification_id, s.next_attempt_at "
+        "FROM outbound_msg.delivery_status s JOIN outbound_msg.message m "
+        "ON m.unique_name = s.message AND m.object = s.table_name WHERE m.id = %s",
+        (message_id,)).fetchall()
+
+
+@pytest.fixture
+def table(db):
+    db.execute("DROP TABLE IF EXISTS engine_t")
+    db.execute("CREATE TABLE engine_t (id int PRIMARY KEY, v text)")
+    yield "engine_t"
+    db.execute("DROP TABLE engine_t")
+
+
+FAILURES = [
+    ("nack", behaviours.nack, "SOAP response was a nack"),
+    ("soap fault", behaviours.fault, "HTTP 500: SOAP fault: ERP is down for maintenance"),
+    ("http 500", behaviours.status(500), "HTTP 500 Internal Server Error"),
+    ("http 503", behaviours.status(503), "HTTP 503 Service Unavailable"),
+    ("slower than the timeout", behaviours.slow(4), "no answer within 2000 ms"),
+    ("connection reset", behaviours.reset, "connection error"),
+    ("garbage", behaviours.garbage, "response is not XML"),
+    ("redirect", behaviours.redirect, "HTTP 302: redirects are not followed"),
+    ("huge body", behaviours.huge, "response body larger than 1048576 bytes"),
+]
+
+
+@pytest.mark.parametrize("case,behaviour,reason", FAILURES, ids=[f[0] for f in FAILURES])
+def test_a_failing_listener_is_recorded_retried_and_holds_up_no_one(db, table, listener, case,
+                                                                   behaviour, reason):
+    failing = Listener(behaviour)
+    try:
+        bad = define(db, table, failing.url, "Failing")
+        good = define(db, table, listener.url, "Working")
+        db.execute("INSERT INTO engine_t VALUES (1, 'one')")
+
+        wait_for(lambda: listener.notifications(), what="the working endpoint's delivery")
+        rows = wait_for(lambda: [r for r in status_of(db, bad) if r[1] >= 2 and r[2]],
+                        timeout=60, what=f"{case}: a recorded, retried failure")
+        state, attempts, last_error, notification_id, _ = rows[0]
+        assert last_error.startswith(reason), last_error
+        assert state in ("retrying", "sending")
+        assert status_of(db, good) == [], "the working endpoint's notification is delivered"
+        ids = {parse_id(r["body"]) for r in failing.requests}
+        assert ids == {notification_id}, "every retry carries the same notification Id"
+    finally:
+        failing.stop()
+
+
+def parse_id(body):
+    return behaviours.parse_message(body)["notifications"][0]["id"]
+
+
+def test_a_slow_endpoint_does_not_delay_another(db, table, listener):
+    slow = Listener(behaviours.slow(1.5))
+    try:
+        define(db, table, slow.url, "Slow")
+        define(db, table, listener.url, "Fast")
+        db.execute("INSERT INTO engine_t VALUES (1, 'one')")
+        wait_for(lambda: slow.requests, what="the slow endpoint to be called")
+        wait_for(lambda: listener.notifications(), what="the fast endpoint's delivery")
+        fast_arrival = listener.requests[0]["received_at"]
+        first_slow = slow.requests[0]
+        # The fast endpoint got its message while the slow one was still answering.
+        assert "answered_at" not in first_slow or fast_arrival < first_slow["answered_at"]
+    finally:
+        slow.stop()
+
+
+def test_retries_back_off_exponentially_up_to_the_maximum(db, table):
+    failing = Listener(behaviours.status(500))
+    try:
+        message_id = define(db, table, failing.url, "Backoff")
+        db.execute("INSERT INTO engine_t VALUES (1, 'one')")
+        wait_for(lambda: len(failing.requests) >= 6, timeout=60, what="six attempts")
+        times = [r["received_at"] for r in failing.requests[:6]]
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        # 200 ms doubling with jitter in [0.5, 1]: the 4th wait is longer than the 1st.
+        assert gaps[3] > gaps[0], gaps
+        # retry_max_interval is 1 s (plus the worker's own scheduling).
+        assert max(gaps) < 2.0, gaps
+        [(_, attempts, _, _, next_attempt)] = status_of(db, message_id)
+        assert attempts >= 6
+    finally:
+        failing.stop()
+
+
+def test_past_max_age_a_notification_expires_and_can_be_retried(db, table, listener,
+                                                               reload_with):
+    reload_with(max_age="2s")
+    failing = Listener(behaviours.status(503))
+    message_id = define(db, table, failing.url, "Expiring")
+    db.execute("INSERT INTO engine_t VALUES (1, 'one')")
+    [(state, attempts, last_error, notification_id, next_attempt)] = wait_for(
+        lambda: [r for r in status_of(db, message_id) if r[0] == "expired"],
+        timeout=30, what="the notification to expire")
+    assert last_error == "HTTP 503 Service Unavailable"
+    assert next_attempt is None
+    stats = db.execute("SELECT queued, expired, failed_attempts FROM outbound_msg.delivery_stats "
+                       "WHERE message = 'Expiring'").fetchone()
+    assert stats[0] == 0 and stats[1] == 1 and stats[2] == attempts
+
+    # Another failing notification retries several times while the expired one stays put.
+    db.execute("INSERT INTO engine_t VALUES (2, 'two')")
+    wait_for(lambda: db.execute(
+        "SELECT attempts >= 3 FROM outbound_msg.notification WHERE record_id = '2'"
+        " AND message_id = %s", (message_id,)).fetchone()[0], what="the other one's retries")
+    assert db.execute("SELECT attempts FROM outbound_msg.notification WHERE record_id = '1' "
+                      "AND message_id = %s", (message_id,)).fetchone() == (attempts,)
+
+    # An administrator sends it again, to a listener that now works.
+    failing.stop()
+    db.execute("SELECT outbound_msg.alter_message(%s, 'Expiring', endpoint_url => %s)",
+               (table, listener.url))
+    assert db.execute("SELECT outbound_msg.retry(%s)", (notification_id,)).fetchone() == (1,)
+    wait_for(lambda: [n for n in listener.notifications() if n["id"] == notification_id],
+             what="the retried notification")
+
+
+def test_retry_and_discard_by_message_and_expired(db, table, reload_with):
+    reload_with(max_age="1s")
+    failing = Listener(behaviours.status(500))
+    try:
+        message_id = define(db, table, failing.url, "Admin")
+        db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(1, 3) g")
+        wait_for(lambda: len([r for r in status_of(db, message_id) if r[0] == "expired"]) == 3,
+                 timeout=30, what="three expired notifications")
+        assert db.execute("SELECT outbound_msg.retry_expired()").fetchone()[0] >= 3
+        assert {r[0] for r in status_of(db, message_id)} <= {"queued", "retrying", "sending"}
+        assert db.execute("SELECT outbound_msg.retry(%s, 'Admin')", (table,)).fetchone()[0] <= 3
+        wait_for(lambda: len([r for r in status_of(db, message_id) if r[0] == "expired"]) == 3,
+                 timeout=30, what="them to expire again")
+        assert db.execute("SELECT outbound_msg.discard_expired()").fetchone()[0] >= 3
+        assert status_of(db, message_id) == []
+        db.execute("INSERT INTO engine_t VALUES (9, 'y')")
+        assert db.execute("SELECT outbound_msg.discard(%s, 'Admin')", (table,)).fetchone() == (1,)
+        assert status_of(db, message_id) == []
+    finally:
+        failing.stop()
+
+
+@pytest.mark.parametrize("call,error", [
+    ("retry('not an id')", psycopg.errors.InvalidParameterValue),
+    ("discard('04lXXXXXXXXXXXXAAA')", psycopg.errors.InvalidParameterValue),
+    ("retry(outbound_msg.notification_id(999999999))", psycopg.errors.UndefinedObject),
+    ("discard(outbound_msg.notification_id(999999999))", psycopg.errors.UndefinedObject),
+    ("retry('engine_t', 'Missing')", psycopg.errors.UndefinedObject),
+])
+def test_retry_and_discard_refuse_unknown_notifications(db, table, call, error):
+    with pytest.raises(error):
+        db.execute(f"SELECT outbound_msg.{call}")
+
+
+def test_counters_count_deliveries_and_latency(db, table, listener):
+    message_id = define(db, table, listener.url, "Counted")
+    db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(1, 5) g")
+    wait_for(lambda: status_of(db, message_id) == [] and len(listener.notifications()) == 5,
+             what="five deliveries")
+    queued, delivered, failed, expired, last_success, latency = db.execute(
+        "SELECT queued, delivered, failed_attempts, expired, last_success, average_latency "
+        "FROM outbound_msg.delivery_stats WHERE message = 'Counted'").fetchone()
+    assert (queued, delivered, failed, expired) == (0, 5, 0, 0)
+    assert last_success is not None and latency is not None
+
+
+def test_connections_are_kept_alive(db, table, listener):
+    define(db, table, listener.url, "KeepAlive")
+    for key in range(1, 4):
+        db.execute("INSERT INTO engine_t VALUES (%s, 'x')", (key,))
+        wait_for(lambda: len(listener.requests) == key, what=f"delivery {key}")
+    ports = {r["client_port"] for r in listener.requests}
+    assert len(ports) < 3, "several SOAP messages travelled over one connection"
+
+
+def test_batch_size_changes_on_reload(db, table, listener, reload_with):
+    reload_with(batch_size="2")
+    define(db, table, listener.url, "Small_batches")
+
+    def batches_of_at_most_two():
+        # The worker applies the reload at its next wake: send until a round shows it.
+        listener.requests.clear()
+        base = db.execute("SELECT coalesce(max(id), 0) FROM engine_t").fetchone()[0]
+        db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(%s::int, %s::int) g",
+                   (base + 1, base + 10))
+        wait_for(lambda: len(listener.notifications()) == 10, what="ten deliveries")
+        return max(len(m["notifications"]) for m in listener.received()) <= 2
+
+    wait_for(batches_of_at_most_two, timeout=30, what="batches of at most two")
+
+
+def test_organization_id_can_be_set_and_is_checked(db, table, listener, reload_with):
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("ALTER SYSTEM SET outbound_msg.organization_id = 'too short'")
+    reload_with(organization_id="00DAbCdEfGhIjKlMnO")
+    define(db, table, listener.url, "Org")
+
+    def sent_with_configured_id():
+        listener.requests.clear()
+        db.execute("INSERT INTO engine_t VALUES ((SELECT coalesce(max(id), 0) + 1 FROM engine_t),"
+                   " 'x')")
+        wait_for(lambda: listener.requests, what="a delivery")
+        return listener.received()[0]["organization_id"] == "00DAbCdEfGhIjKlMnO"
+
+    wait_for(sent_with_configured_id, timeout=30, what="the configured OrganizationId")
