@@ -152,6 +152,9 @@ CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
 
 -- Only superusers, or roles a superuser grants EXECUTE to, define and administer messages.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbound_msg FROM PUBLIC;
+-- Serve this database from the commit of CREATE EXTENSION on, without a restart.
+SELECT outbound_msg.wake_worker();
+
 -- Pure helpers the views use: harmless, so the views work for whoever may read them.
 GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint)
     TO PUBLIC;

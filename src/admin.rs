@@ -18,6 +18,13 @@ fn notification_id(queue_id: i64) -> String {
     salesforce_id(NOTIFICATION_PREFIX, queue_id as u64)
 }
 
+/// Asks this database's worker to look at the queue when the current transaction commits.
+/// `CREATE EXTENSION` calls it, so a new database is served without a restart.
+#[pg_extern]
+fn wake_worker() {
+    crate::worker::wake::after_commit();
+}
+
 /// Makes one notification (by its 18-character Id) due now; returns 1, or 0 if it is in flight.
 #[pg_extern(name = "retry")]
 fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {

@@ -1,15 +1,12 @@
 //! Every setting of outbound_msg: defined once in [`init`], read through the accessors below.
 //!
-//! Settings other than `outbound_msg.database` take effect on reload (SIGHUP); the worker
-//! re-reads them at the top of each round.
+//! Every setting takes effect on reload (SIGHUP): workers re-read them at each step.
 
 use std::ffi::CString;
 use std::time::Duration;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RETRY_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -25,14 +22,6 @@ pub const MAX_BATCH_SIZE: i32 = 100;
 
 /// Registers every setting. Called from `_PG_init`.
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"outbound_msg.database",
-        c"Database whose outbound messages the background worker delivers.",
-        c"The worker connects to this database at server start.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
     GucRegistry::define_int_guc(
         c"outbound_msg.batch_size",
         c"Most notifications of one outbound message sent in one SOAP message.",
@@ -146,11 +135,6 @@ fn text(setting: &GucSetting<Option<CString>>) -> String {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// `outbound_msg.database`.
-pub fn database() -> String {
-    text(&DATABASE)
 }
 
 /// `outbound_msg.batch_size`, always within 1..=100.

@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::error::Result;
+use crate::worker::wake;
 
 /// Queues one notification of `message_id` for the row whose key is `record_id`; returns its
 /// queue id.
@@ -23,6 +24,7 @@ pub fn enqueue(
     record_id: &str,
     payload: &str,
 ) -> Result<i64> {
+    wake::after_commit();
     Ok(client
         .update(
             "INSERT INTO outbound_msg.notification (message_id, record_id, payload)
@@ -251,6 +253,7 @@ impl Selection {
 /// Makes the selected notifications due now, with a fresh `max_age`; notifications in flight
 /// are left to their delivery. Returns how many were rescheduled.
 pub fn retry(client: &mut SpiClient, selection: Selection) -> Result<i64> {
+    wake::after_commit();
     let (condition, arg) = selection.condition();
     Ok(client
         .update(

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
 use super::pool::{Done, Job, Pool};
@@ -23,8 +22,9 @@ use crate::soap::{self, Header, Notification};
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
 /// A lease outlasts the request's own timeout by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// Longest sleep when nothing is due.
-pub const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Longest sleep when nothing is due. Commits wake the worker; this timed look only catches
+/// what no commit announced (prepared transactions committed elsewhere).
+pub const IDLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Delivers the queue of the worker's database.
 pub struct Deliverer {
@@ -102,7 +102,8 @@ impl Deliverer {
                 self.finish(done.message_id);
             }
             let outcomes = Outcomes::new(finished, &settings, &mut self.jitter);
-            BackgroundWorker::transaction(move || outcomes.record());
+            // If recording fails, the leases run out and the notifications are sent again.
+            super::transaction(move || outcomes.record());
         }
 
         let in_flight: usize = self.in_flight.values().sum();
@@ -124,7 +125,7 @@ impl Deliverer {
             lease: settings.limits.timeout + LEASE_MARGIN,
         };
         let known = self.derived_organization_id.clone();
-        let claimed = BackgroundWorker::transaction(|| {
+        let claimed = super::transaction(|| {
             if !extension_installed() {
                 return None;
             }
@@ -139,7 +140,10 @@ impl Deliverer {
             let next_due = queue::next_due().ok().flatten();
             Some((derived, batches, next_due))
         });
-        let (derived, batches, next_due) = claimed?;
+        let (derived, batches, next_due) = match claimed {
+            Some(claimed) => claimed?,
+            None => return Some(IDLE_WAIT.min(Duration::from_secs(1))),
+        };
         let organization_id = guc::organization_id().unwrap_or_else(|| derived.clone());
         self.derived_organization_id = Some(derived);
 

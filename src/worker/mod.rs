@@ -1,12 +1,20 @@
-//! The background worker: registered at server start (through `shared_preload_libraries`), it
-//! connects to `outbound_msg.database` and delivers that database's queue.
+//! Background workers: a launcher (static, started by the postmaster once recovery has
+//! finished, so nothing runs on a standby until promotion) and one delivery worker per database
+//! that has the extension, started by the launcher (see [`launcher`]).
 //!
-//! It starts only once recovery has finished, so it does nothing on a standby. The postmaster
-//! restarts it if it dies.
+//! A worker is woken through its latch when a transaction that queued notifications commits
+//! ([`wake`]); otherwise it sleeps until the next retry is due. It stops when its database
+//! loses the extension, and before DROP DATABASE ([`dropdb`]); if it dies otherwise, the
+//! launcher starts a new one. The postmaster restarts the launcher if it dies.
 
 mod deliver;
+mod dropdb;
+mod launcher;
 mod pool;
+pub mod shmem;
+pub mod wake;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{
@@ -14,38 +22,46 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 
-use crate::guc;
+/// How soon the postmaster restarts a launcher that died.
+const LAUNCHER_RESTART: Duration = Duration::from_secs(5);
 
-/// How soon the postmaster restarts a worker that died.
-const RESTART_AFTER: Duration = Duration::from_secs(10);
+/// Set when a worker leaves because its database has no extension: no replacement then.
+static LEAVING_FOR_GOOD: AtomicBool = AtomicBool::new(false);
 
-/// Registers the worker. Only possible while `shared_preload_libraries` are being loaded; a
-/// library loaded later (a plain `CREATE EXTENSION` without preloading) captures but sends nothing.
+/// Sets up shared memory, the DROP DATABASE hook and the launcher. Only possible while
+/// `shared_preload_libraries` are loaded; a library loaded later (a plain `CREATE EXTENSION`
+/// without preloading) captures but sends nothing.
 pub fn register() {
     // SAFETY: a plain flag of the postmaster, read during `_PG_init`.
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
-    BackgroundWorkerBuilder::new("outbound_msg worker")
-        .set_type("outbound_msg worker")
+    shmem::init();
+    dropdb::install();
+    BackgroundWorkerBuilder::new("outbound_msg launcher")
+        .set_type("outbound_msg launcher")
         .set_library("outbound_msg")
-        .set_function("outbound_msg_worker_main")
+        .set_function("outbound_msg_launcher_main")
         .enable_spi_access()
+        .enable_shmem_access(None)
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(RESTART_AFTER))
+        .set_restart_time(Some(LAUNCHER_RESTART))
         .load();
 }
 
-/// Entry point of the worker process.
+/// Entry point of a delivery worker; its argument is the database's OID.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn outbound_msg_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn outbound_msg_worker_main(argument: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(argument.value() as u32);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
-    log!(
-        "outbound_msg worker started for database \"{}\"",
-        guc::database()
-    );
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    if !shmem::attach_worker(database) {
+        return; // another worker serves this database
+    }
+    // SAFETY: registers a callback for this process's exit; `argument` is the database OID.
+    unsafe { pg_sys::before_shmem_exit(Some(on_worker_exit), argument) };
+    give_way_to_ddl();
 
     let mut deliverer = match deliver::Deliverer::new() {
         Ok(deliverer) => deliverer,
@@ -53,11 +69,22 @@ pub extern "C-unwind" fn outbound_msg_worker_main(_arg: pg_sys::Datum) {
     };
     while !BackgroundWorker::sigterm_received() {
         reload_settings_if_asked();
-        let sleep = deliverer.step().unwrap_or(deliver::IDLE_WAIT);
-        if !sleep.is_zero() {
-            wait(sleep, deliverer.wake_fd());
+        match deliverer.step() {
+            None => {
+                LEAVING_FOR_GOOD.store(true, Ordering::Relaxed);
+                return;
+            }
+            Some(sleep) if !sleep.is_zero() => wait(sleep, deliverer.wake_fd()),
+            Some(_) => {}
         }
     }
+}
+
+/// Frees the worker's slot; asks for a replacement unless it left for good.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_worker_exit(_code: std::ffi::c_int, argument: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(argument.value() as u32);
+    shmem::detach_worker(database, !LEAVING_FOR_GOOD.load(Ordering::Relaxed));
 }
 
 /// Sleeps until the latch is set (a signal, a wake request), the socket becomes readable (a
@@ -77,6 +104,55 @@ fn wait(timeout: Duration, socket: std::os::fd::RawFd) {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Runs `f` in a transaction of its own. An ERROR inside (a lock timeout against a concurrent
+/// DROP EXTENSION, say) is logged and rolled back, and `None` returned: the worker carries on.
+fn transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    // SAFETY: the worker's main loop holds no transaction between steps.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let f = std::panic::AssertUnwindSafe(f);
+    pgrx::PgTryBuilder::new(move || {
+        let result = f();
+        // SAFETY: ends the transaction started above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Some(result)
+    })
+    .catch_others(|error| {
+        let message = match &error {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
+            | pgrx::pg_sys::panic::CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.message().to_string(),
+        };
+        // SAFETY: rolls back whatever the failed step left; the loop starts clean again.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        warning!("outbound_msg worker: {message}; will try again");
+        None
+    })
+    .execute()
+}
+
+/// Makes the worker give way to DDL: a lock it cannot get within this time is an ERROR in the
+/// worker (caught by [`transaction`]), well before the deadlock detector could pick the DDL.
+fn give_way_to_ddl() {
+    // SAFETY: sets a session setting of this worker.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            c"200ms".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
     }
 }
 
