@@ -58,6 +58,10 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
             }
         }
     }
+    // Exit code 1: the postmaster restarts a launcher that was terminated (code 0 would
+    // deregister it). At shutdown nothing is restarted anyway.
+    // SAFETY: ends this process the way PostgreSQL's own background workers do.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// Starts a delivery worker for `database`; false if no background worker slot was free.

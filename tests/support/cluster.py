@@ -28,9 +28,10 @@ def free_port():
 
 
 class Cluster:
-    """initdb + pg_ctl start on a free port; `stop()` removes everything."""
+    """initdb (or, with `standby_of`, a base backup of a running primary that then replays
+    it) + pg_ctl start on a free port; `stop()` removes everything."""
 
-    def __init__(self, settings=None):
+    def __init__(self, settings=None, standby_of=None):
         self.bindir = _bindir()
         self.port = free_port()
         self.root = tempfile.mkdtemp(prefix="outbound_msg-")
@@ -39,8 +40,12 @@ class Cluster:
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
-                  "-D", self.datadir)
+        if standby_of is None:
+            self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
+                      "-D", self.datadir)
+        else:
+            self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(standby_of.port),
+                      "-U", "postgres", "-D", self.datadir, "-R", "-X", "stream")
         conf = {
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",

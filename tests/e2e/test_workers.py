@@ -1,0 +1,149 @@
+"""End to end: the launcher and its per-database workers. Every database with the extension
+is served, CREATE EXTENSION needs no restart, commits wake the worker, dead workers come
+back, DROP DATABASE is never blocked, and a standby sends nothing until it is promoted."""
+
+import psycopg
+import pytest
+
+from support.cluster import Cluster, wait_for
+from support.listener import Listener
+
+
+def workers(db):
+    """(pid, database) of every outbound_msg worker, from pg_stat_activity."""
+    return db.execute("SELECT pid, datname FROM pg_stat_activity "
+                      "WHERE backend_type = 'outbound_msg worker' ORDER BY datname").fetchall()
+
+
+def launcher_pid(db):
+    row = db.execute("SELECT pid FROM pg_stat_activity "
+                     "WHERE backend_type = 'outbound_msg launcher'").fetchone()
+    return row and row[0]
+
+
+def serve(db, url, table="w"):
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    db.execute("SELECT outbound_msg.create_message(%s, 'W', 'W', %s, ARRAY['v'], 'postgres')",
+               (table, url))
+
+
+@pytest.fixture
+def database(cluster):
+    """A new database with the extension installed (no server restart)."""
+    names = []
+
+    def create(name):
+        with cluster.connect() as db:
+            db.execute(f"DROP DATABASE IF EXISTS {name}")
+            db.execute(f"CREATE DATABASE {name}")
+        names.append(name)
+        conn = cluster.connect(dbname=name)
+        conn.execute("CREATE EXTENSION outbound_msg")
+        return conn
+
+    yield create
+    with cluster.connect() as db:
+        for name in names:
+            db.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def test_two_databases_are_served_at_once_without_a_restart(cluster, db, database):
+    first, second = Listener(), Listener()
+    try:
+        one, two = database("served_one"), database("served_two")
+        serve(one, first.url)
+        serve(two, second.url)
+        with one.transaction(), two.transaction():
+            one.execute("INSERT INTO w VALUES (1, 'from one')")
+            two.execute("INSERT INTO w VALUES (2, 'from two')")
+        wait_for(lambda: first.notifications() and second.notifications(), what="both deliveries")
+        assert [n["fields"]["v"] for n in first.notifications()] == ["from one"]
+        assert [n["fields"]["v"] for n in second.notifications()] == ["from two"]
+        served = {name for _, name in workers(db)}
+        assert {"served_one", "served_two"} <= served
+        one.close()
+        two.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_commit_wakes_the_worker_at_once(db, listener):
+    serve(db, listener.url, "woken")
+    try:
+        # The worker's timed look at the queue is 10 s apart; the commit wakes it at once.
+        for key in range(1, 4):
+            db.execute("INSERT INTO woken VALUES (%s, 'x')", (key,))
+            wait_for(lambda: len(listener.notifications()) == key, timeout=5,
+                     what=f"delivery {key} within 5 s of its commit")
+    finally:
+        db.execute("DROP TABLE woken")
+
+
+def test_drop_database_is_not_blocked_by_its_worker(cluster, db, database):
+    listener = Listener()
+    try:
+        doomed = database("doomed")
+        serve(doomed, listener.url)
+        doomed.execute("INSERT INTO w VALUES (1, 'x')")
+        wait_for(lambda: listener.notifications(), what="a delivery")
+        assert "doomed" in {name for _, name in workers(db)}
+        doomed.close()
+        db.execute("DROP DATABASE doomed")
+        assert "doomed" not in {name for _, name in workers(db)}
+        # A failed DROP DATABASE (a session is connected) leaves the database served.
+        kept = database("kept")
+        serve(kept, listener.url)
+        with pytest.raises(psycopg.errors.ObjectInUse):
+            db.execute("DROP DATABASE kept")
+        kept.execute("INSERT INTO w VALUES (2, 'y')")
+        wait_for(lambda: len(listener.notifications()) == 2, what="delivery after a failed DROP")
+        kept.close()
+    finally:
+        listener.stop()
+
+
+def test_a_terminated_worker_and_launcher_come_back(db, listener):
+    serve(db, listener.url, "revived")
+    try:
+        db.execute("INSERT INTO revived VALUES (1, 'x')")
+        wait_for(lambda: listener.notifications(), what="a first delivery")
+        [old_worker] = [pid for pid, name in workers(db) if name == "postgres"]
+        old_launcher = launcher_pid(db)
+        db.execute("SELECT pg_terminate_backend(%s)", (old_launcher,))
+        db.execute("SELECT pg_terminate_backend(%s)", (old_worker,))
+        wait_for(lambda: launcher_pid(db) not in (None, old_launcher), timeout=30,
+                 what="a new launcher")
+        db.execute("INSERT INTO revived VALUES (2, 'y')")
+        wait_for(lambda: len(listener.notifications()) == 2, timeout=30,
+                 what="delivery by a new worker")
+        assert [pid for pid, name in workers(db) if name == "postgres"] != [old_worker]
+    finally:
+        db.execute("DROP TABLE revived")
+
+
+def test_a_standby_sends_nothing_until_promoted(cluster, db, listener):
+    dead = Listener()
+    dead_url = dead.url
+    dead.stop()  # nothing listens there: the notification stays queued on the primary
+    serve(db, dead_url, "replicated")
+    db.execute("INSERT INTO replicated VALUES (1, 'queued before the base backup')")
+    wait_for(lambda: db.execute("SELECT attempts > 0 FROM outbound_msg.notification n "
+                                "JOIN outbound_msg.message m ON m.id = n.message_id "
+                                "WHERE m.object = 'replicated'::regclass").fetchone(),
+             what="a failed attempt on the primary")
+    standby = Cluster(standby_of=cluster)
+    try:
+        with standby.connect() as replica:
+            assert replica.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            assert launcher_pid(replica) is None and workers(replica) == []
+            replica.execute("SELECT pg_promote()")
+            wait_for(lambda: launcher_pid(replica), what="the promoted server's launcher")
+            replica.execute("SELECT outbound_msg.alter_message('replicated', 'W', "
+                            "endpoint_url => %s)", (listener.url,))
+            wait_for(lambda: listener.notifications(), what="delivery by the promoted server")
+            [received] = listener.notifications()
+            assert received["fields"]["v"] == "queued before the base backup"
+    finally:
+        standby.stop()
+        db.execute("DROP TABLE replicated")
