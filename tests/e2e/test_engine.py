@@ -209,10 +209,11 @@ def test_batch_size_changes_on_reload(db, table, listener, reload_with):
     wait_for(batches_of_at_most_two, timeout=30, what="batches of at most two")
 
 
-def test_organization_id_can_be_set_and_is_checked(db, table, listener, reload_with):
+def test_header_values_come_from_settings(db, table, listener, reload_with):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("ALTER SYSTEM SET outbound_msg.organization_id = 'too short'")
-    reload_with(organization_id="00DAbCdEfGhIjKlMnO")
+    reload_with(organization_id="00DAbCdEfGhIjKlMnO", enterprise_url="https://db.example/e",
+                partner_url="https://db.example/p")
     define(db, table, listener.url, "Org")
 
     def sent_with_configured_id():
@@ -223,3 +224,6 @@ def test_organization_id_can_be_set_and_is_checked(db, table, listener, reload_w
         return listener.received()[0]["organization_id"] == "00DAbCdEfGhIjKlMnO"
 
     wait_for(sent_with_configured_id, timeout=30, what="the configured OrganizationId")
+    body = listener.requests[0]["body"].decode()
+    assert "<EnterpriseUrl>https://db.example/e</EnterpriseUrl>" in body
+    assert "<PartnerUrl>https://db.example/p</PartnerUrl>" in body
