@@ -68,18 +68,82 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
     };
     Spi::connect_mut(|client| {
         for message in catalog::active_messages(client, relid)? {
-            if wanted(&message, &new_row, old_row.as_ref())? {
-                enqueue_row(
-                    client,
-                    message.message_id,
-                    &message.key_column,
-                    &message.fields,
-                    &new_row,
-                )?;
+            if !wanted(&message, &new_row, old_row.as_ref())? {
+                continue;
             }
+            let Some(fields) = readable_fields(
+                message.send_as,
+                message.object,
+                &message.key_column,
+                &message.fields,
+            ) else {
+                continue;
+            };
+            if roles::row_security_applies(message.send_as, message.object)
+                && !visible_to_send_as(client, &message, &new_row)?
+            {
+                continue;
+            }
+            enqueue_row(
+                client,
+                message.message_id,
+                &message.key_column,
+                &fields,
+                &new_row,
+            )?;
         }
         Ok(())
     })
+}
+
+/// The fields the send-as role may read now (a grant may have been revoked since the message
+/// was defined); `None` when it may not read the key, so nothing can be sent.
+fn readable_fields(
+    send_as: pg_sys::Oid,
+    object: pg_sys::Oid,
+    key_column: &str,
+    fields: &[String],
+) -> Option<Vec<String>> {
+    if !roles::can_select_column(send_as, object, key_column) {
+        return None;
+    }
+    Some(
+        fields
+            .iter()
+            .filter(|f| roles::can_select_column(send_as, object, f))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Whether the send-as role's row-level security policies let it see the changed row: the row
+/// is looked up by its key through the message's table, as that role, with its policies
+/// applied. (By key, not by ctid: system columns need table-wide SELECT, which a role granted
+/// only some columns lacks.)
+fn visible_to_send_as(
+    client: &mut SpiClient,
+    message: &Capture,
+    row: &Row,
+) -> crate::error::Result<bool> {
+    let key = row.sql_text(&message.key_column)?.unwrap_or_default();
+    let query = row_by_key(&message.table, &message.key_column, &message.key_type, &[]);
+    // A read-write execution takes a new snapshot, which sees the row the statement wrote.
+    let visible = roles::run_as(message.send_as, || {
+        roles::with_row_security(|| client.update(&query, Some(1), &[key.as_str().into()]))
+    })?;
+    Ok(!visible.is_empty())
+}
+
+/// `SELECT` of the key and `fields` of the row whose key is `$1` (text, cast to the key's
+/// type so the primary key's index is used).
+fn row_by_key(table: &str, key_column: &str, key_type: &str, fields: &[String]) -> String {
+    let mut columns = vec![quote_identifier(key_column)];
+    columns.extend(fields.iter().map(quote_identifier));
+    format!(
+        "SELECT {} FROM {table} WHERE {} = CAST($1 AS {key_type})",
+        columns.join(", "),
+        quote_identifier(key_column)
+    )
 }
 
 /// Whether a change queues a notification of `message` (SPEC §1, "when to send").
@@ -128,17 +192,25 @@ fn send(
 ) -> std::result::Result<String, ErrorReport> {
     roles::api_call(|client, _caller| {
         let message = catalog::sendable(client, object, unique_name)?;
-        let mut columns = vec![quote_identifier(&message.key_column)];
-        columns.extend(message.fields.iter().map(quote_identifier));
-        let query = format!(
-            "SELECT {} FROM {} WHERE {} = CAST($1 AS {})",
-            columns.join(", "),
-            message.table,
-            quote_identifier(&message.key_column),
-            key_type(client, object, &message.key_column)?,
-        );
+        let fields = readable_fields(
+            message.send_as,
+            message.object,
+            &message.key_column,
+            &message.fields,
+        )
+        .ok_or_else(|| {
+            Error::new(
+                Kind::InsufficientPrivilege,
+                format!(
+                    "the send-as role cannot read the key column \"{}\"",
+                    message.key_column
+                ),
+            )
+        })?;
+        let key_type = key_type(client, object, &message.key_column)?;
+        let query = row_by_key(&message.table, &message.key_column, &key_type, &fields);
         let rows = roles::run_as(message.send_as, || {
-            client.select(&query, Some(1), &[key.into()])
+            roles::with_row_security(|| client.select(&query, Some(1), &[key.into()]))
         })?;
         if rows.is_empty() {
             return Err(Error::new(
@@ -160,7 +232,7 @@ fn send(
             client,
             message.message_id,
             &message.key_column,
-            &message.fields,
+            &fields,
             &row,
         )?;
         Ok(salesforce_id(NOTIFICATION_PREFIX, id as u64))
@@ -204,6 +276,15 @@ impl Row<'_> {
 
     /// The wire text of column `name`, `None` when NULL or not representable.
     fn value(&self, name: &str) -> crate::error::Result<Option<String>> {
+        let (attno, typoid) = self.attribute(name)?;
+        // SAFETY: `tuple` is described by `desc`.
+        let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
+        // SAFETY: a non-NULL datum of the attribute's own type.
+        Ok(datum.and_then(|datum| unsafe { wire::wire_text(datum, typoid) }))
+    }
+
+    /// Attribute number and type of column `name`.
+    fn attribute(&self, name: &str) -> crate::error::Result<(NonZeroUsize, pg_sys::Oid)> {
         let (index, attribute) = self
             .desc
             .iter()
@@ -217,10 +298,17 @@ impl Row<'_> {
                 .with_hint("A column sent by an outbound message was dropped or renamed.")
             })?;
         let attno = NonZeroUsize::new(index + 1).expect("index + 1 is never zero");
+        Ok((attno, attribute.type_oid().value()))
+    }
+
+    /// The text output of column `name` (PostgreSQL's own, which its input reads back), `None`
+    /// when NULL.
+    fn sql_text(&self, name: &str) -> crate::error::Result<Option<String>> {
+        let (attno, typoid) = self.attribute(name)?;
         // SAFETY: `tuple` is described by `desc`.
         let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
         // SAFETY: a non-NULL datum of the attribute's own type.
-        Ok(datum.and_then(|datum| unsafe { wire::wire_text(datum, attribute.type_oid().value()) }))
+        Ok(datum.map(|datum| unsafe { wire::output_text(datum, typoid) }))
     }
 
     /// The row's composite type (the table's row type).

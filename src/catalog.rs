@@ -57,6 +57,13 @@ pub struct Capture {
     pub criteria: Option<String>,
     /// The message's table name, quoted: how criteria name the row.
     pub table_alias: String,
+    /// The message's table (a partitioned parent for rows of its partitions).
+    pub object: pg_sys::Oid,
+    /// The message's table as SQL text.
+    pub table: String,
+    pub send_as: pg_sys::Oid,
+    /// SQL type of the key column, to look a row up by its key.
+    pub key_type: String,
 }
 
 /// Every setting of one message, as stored.
@@ -258,8 +265,11 @@ fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, Erro
 /// count too.
 pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Capture>> {
     let rows = client.select(
-        "SELECT m.id, m.key_column::text, m.fields, m.evaluate, m.criteria, quote_ident(c.relname)
+        "SELECT m.id, m.key_column::text, m.fields, m.evaluate, m.criteria, quote_ident(c.relname),
+                m.object::oid, m.object::text, m.send_as::oid,
+                format_type(a.atttypid, a.atttypmod)
            FROM outbound_msg.message m JOIN pg_catalog.pg_class c ON c.oid = m.object
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = m.object AND a.attname = m.key_column
           WHERE (m.object = $1 OR m.object IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)))
             AND m.active
           ORDER BY m.id",
@@ -276,6 +286,10 @@ pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Cap
             evaluate: Evaluate::parse(&evaluate)?,
             criteria: row.get(5)?,
             table_alias: row.get(6)?.unwrap_or_default(),
+            object: row.get(7)?.unwrap_or(pg_sys::InvalidOid),
+            table: row.get(8)?.unwrap_or_default(),
+            send_as: row.get(9)?.unwrap_or(pg_sys::InvalidOid),
+            key_type: row.get(10)?.unwrap_or_default(),
         });
     }
     Ok(messages)
@@ -292,6 +306,7 @@ pub struct Sendable {
     pub send_as: pg_sys::Oid,
     pub key_column: String,
     pub fields: Vec<String>,
+    pub object: pg_sys::Oid,
     pub table: String,
 }
 
@@ -314,6 +329,7 @@ pub fn sendable(client: &SpiClient, object: RegClass, unique_name: &str) -> Resu
         send_as: settings.send_as,
         key_column,
         fields: settings.fields,
+        object: settings.object,
         table: table_text(client, settings.object)?,
     })
 }

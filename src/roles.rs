@@ -22,6 +22,59 @@ pub fn is_member_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     unsafe { pg_sys::is_member_of_role(member, role) }
 }
 
+/// Whether `role` may SELECT `column` of `table`, through a table or a column grant (or by
+/// owning it, or being a superuser), as PostgreSQL decides.
+pub fn can_select_column(role: pg_sys::Oid, table: pg_sys::Oid, column: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(column) else {
+        return false;
+    };
+    let select = pg_sys::ACL_SELECT as pg_sys::AclMode;
+    // SAFETY: catalog lookups; an unknown column has attnum 0 (InvalidAttrNumber).
+    unsafe {
+        if pg_sys::pg_class_aclcheck(table, role, select) == pg_sys::AclResult::ACLCHECK_OK {
+            return true;
+        }
+        let attnum = pg_sys::get_attnum(table, name.as_ptr());
+        attnum > 0
+            && pg_sys::pg_attribute_aclcheck(table, attnum, role, select)
+                == pg_sys::AclResult::ACLCHECK_OK
+    }
+}
+
+/// Whether row-level security filters what `role` sees of `table`: PostgreSQL's own rule
+/// (enabled on the table; not for superusers, BYPASSRLS roles, or the owner unless forced).
+pub fn row_security_applies(role: pg_sys::Oid, table: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup; with noError it never raises.
+    unsafe {
+        pg_sys::check_enable_rls(table, role, true)
+            == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Runs `f` with `row_security` on, whatever the session set: a query that must apply
+/// policies may not silently skip them, nor fail because a session turned them off.
+pub fn with_row_security<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level undone below (and by transaction abort on error).
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"row_security".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let result = f();
+    // SAFETY: pops the nest level pushed above.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
+}
+
 /// Runs `f` with the privileges of `role`, then restores the previous role, also when `f`
 /// raises an ERROR (the guard's drop runs while the error unwinds).
 pub fn run_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {

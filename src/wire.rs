@@ -55,7 +55,7 @@ pub fn xsd_type(typoid: pg_sys::Oid) -> &'static str {
 ///
 /// # Safety
 /// As for [`wire_text`].
-unsafe fn output_text(datum: pg_sys::Datum, typoid: pg_sys::Oid) -> String {
+pub unsafe fn output_text(datum: pg_sys::Datum, typoid: pg_sys::Oid) -> String {
     let mut output_fn = pg_sys::InvalidOid;
     let mut is_varlena = false;
     // SAFETY: `typoid` is a valid type; the output function returns a palloc'd C string.
