@@ -12,7 +12,7 @@ use pgrx::spi::{quote_identifier, SpiClient};
 
 use crate::error::{Error, Kind, Result};
 use crate::sqltypes::{RegClass, RegRole};
-use crate::{criteria, queue, roles, validate, wire, wsdl};
+use crate::{criteria, guc, queue, roles, secrets, validate, wire, wsdl};
 
 /// Name of the row trigger that captures changes for every message of a table.
 pub const TRIGGER_NAME: &str = "outbound_msg_capture";
@@ -256,7 +256,8 @@ fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, Erro
             .iter()
             .map(|(name, xsd_type)| wsdl::Field { name, xsd_type })
             .collect();
-        Ok(wsdl::generate(&table, &fields, &settings.endpoint_url))
+        let location = secrets::mask_credentials(&settings.endpoint_url);
+        Ok(wsdl::generate(&table, &fields, &location))
     })
 }
 
@@ -364,12 +365,7 @@ fn check(
         ))
     })?;
     check_unique_name_is_free(client, &settings, &table, id)?;
-    validate::endpoint_url(&settings.endpoint_url).map_err(|reason| {
-        invalid(format!(
-            "endpoint URL \"{}\" is invalid: {reason}",
-            settings.endpoint_url
-        ))
-    })?;
+    check_endpoint(&settings.endpoint_url)?;
 
     let role = check_send_as(client, settings.send_as, caller)?;
     settings.fields = check_fields(client, settings.object, &table, settings.fields)?;
@@ -396,6 +392,22 @@ fn check(
         key_column,
         caller,
     })
+}
+
+/// A valid endpoint URL, allowed by `outbound_msg.allowed_endpoints`. Errors show the URL
+/// with its password masked.
+fn check_endpoint(url: &str) -> Result<()> {
+    let shown = secrets::mask_credentials(url);
+    validate::endpoint_url(url)
+        .map_err(|reason| invalid(format!("endpoint URL \"{shown}\" is invalid: {reason}")))?;
+    if !validate::host_allowed(&guc::allowed_endpoints(), url) {
+        return Err(Error::new(
+            Kind::InsufficientPrivilege,
+            format!("endpoint URL \"{shown}\" is not allowed by outbound_msg.allowed_endpoints"),
+        )
+        .with_hint("A superuser sets outbound_msg.allowed_endpoints."));
+    }
+    Ok(())
 }
 
 fn invalid(message: impl Into<String>) -> Error {

@@ -14,6 +14,7 @@ static RETRY_MAX_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(7_200_000
 static MAX_AGE_MS: GucSetting<i32> = GucSetting::<i32>::new(86_400_000);
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static ORGANIZATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static ALLOWED_ENDPOINTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ENTERPRISE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static PARTNER_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -97,6 +98,14 @@ pub fn init() {
         );
     }
     GucRegistry::define_string_guc(
+        c"outbound_msg.allowed_endpoints",
+        c"Host patterns that endpoint URLs must match; empty allows any host.",
+        c"Comma-separated: erp.example.com, *.example.com (subdomains), or *. Checked when a message is defined or altered, and before every send.",
+        &ALLOWED_ENDPOINTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
         c"outbound_msg.enterprise_url",
         c"EnterpriseUrl sent in every message.",
         c"Listeners written for Salesforce may use it to call back; any string is accepted.",
@@ -174,6 +183,11 @@ pub fn max_connections() -> usize {
 /// `outbound_msg.organization_id`, `None` when empty (then derived from the cluster).
 pub fn organization_id() -> Option<String> {
     Some(text(&ORGANIZATION_ID)).filter(|id| !id.is_empty())
+}
+
+/// `outbound_msg.allowed_endpoints`.
+pub fn allowed_endpoints() -> String {
+    text(&ALLOWED_ENDPOINTS)
 }
 
 /// `outbound_msg.enterprise_url`.

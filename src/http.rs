@@ -39,13 +39,17 @@ impl Client {
     /// Posts `body` to `url` as a SOAP 1.1 request. `Ok` means the listener acknowledged every
     /// notification in it; `Err` carries the failure reason.
     pub fn deliver(&self, url: &str, body: &str) -> Result<(), String> {
-        let mut response = self
+        // Credentials in the URL become HTTP Basic authentication; ureq never sees them.
+        let (url, authorization) = split_credentials(url);
+        let mut request = self
             .agent
-            .post(url)
+            .post(url.as_ref())
             .header("Content-Type", "text/xml; charset=utf-8")
-            .header("SOAPAction", "\"\"")
-            .send(body)
-            .map_err(|err| self.describe(&err))?;
+            .header("SOAPAction", "\"\"");
+        if let Some(authorization) = authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request.send(body).map_err(|err| self.describe(&err))?;
         let status = response.status();
         if status.is_redirection() {
             return Err(format!(
@@ -97,6 +101,40 @@ impl Client {
     }
 }
 
+/// The URL without `user:password@`, and the `Authorization: Basic` value they make
+/// (percent-decoded, as browsers and curl do).
+fn split_credentials(url: &str) -> (std::borrow::Cow<'_, str>, Option<String>) {
+    use base64::Engine;
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return (url.into(), None) };
+    let authority_len = url[scheme_end..].find(['/', '?', '#']).unwrap_or(url.len() - scheme_end);
+    let authority = &url[scheme_end..scheme_end + authority_len];
+    let Some(at) = authority.rfind('@') else { return (url.into(), None) };
+    let userinfo = percent_decode(&authority[..at]);
+    let stripped = format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]);
+    let token = base64::engine::general_purpose::STANDARD.encode(userinfo);
+    (stripped.into(), Some(format!("Basic {token}")))
+}
+
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +180,16 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_response_bytes: 1024,
         })
+    }
+
+    #[test]
+    fn credentials_become_basic_authentication() {
+        let (url, auth) = split_credentials("https://svc:p%40ss@erp.example:8443/soap?x=1");
+        assert_eq!(url, "https://erp.example:8443/soap?x=1");
+        assert_eq!(auth.unwrap(), "Basic c3ZjOnBAc3M="); // svc:p@ss
+        let (url, auth) = split_credentials("http://erp.example/a@b");
+        assert_eq!(url, "http://erp.example/a@b");
+        assert!(auth.is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod ids;
 mod queue;
 mod retry;
 mod roles;
+mod secrets;
 mod soap;
 mod sqltypes;
 mod validate;
@@ -34,6 +35,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    secrets::install_log_filter();
     worker::register();
 }
 

@@ -72,6 +72,28 @@ fn port_text(authority: &str) -> Option<&str> {
     after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
+/// Whether the host of `url` matches one of `patterns`: a comma-separated list of host names
+/// (`erp.example.com`), wildcards for subdomains (`*.example.com`) or `*` for any host; an
+/// empty list allows every host. Matching ignores case; IPv6 hosts may be bracketed or not.
+pub fn host_allowed(patterns: &str, url: &str) -> bool {
+    if patterns.trim().is_empty() {
+        return true;
+    }
+    let Some(host) = url.parse::<ureq::http::Uri>().ok().and_then(|u| u.host().map(str::to_string))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    patterns.split(',').map(|p| p.trim().to_ascii_lowercase()).any(|pattern| {
+        let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
+        match pattern.strip_prefix("*.") {
+            _ if pattern == "*" => true,
+            Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
+            None => !pattern.is_empty() && host == pattern,
+        }
+    })
+}
+
 /// A name usable as an XML element or type name without a prefix (an XML 1.0 NCName, limited
 /// to what PostgreSQL identifiers contain in practice).
 pub fn xml_name(name: &str) -> Result<(), &'static str> {
@@ -184,6 +206,33 @@ mod tests {
         for (bad, reason) in cases {
             assert_eq!(endpoint_url(bad), Err(reason), "{bad}");
         }
+    }
+
+    #[test]
+    fn hosts_match_allowed_patterns() {
+        let patterns = "erp.example.com, *.corp.example ,127.0.0.1,[::1]";
+        for url in [
+            "https://erp.example.com/soap",
+            "https://ERP.Example.com:8443/",
+            "http://a.corp.example/",
+            "http://a.b.corp.example/",
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "https://user:pw@erp.example.com/",
+        ] {
+            assert!(host_allowed(patterns, url), "{url}");
+        }
+        for url in [
+            "https://evil.example.com/",
+            "http://corp.example/",
+            "http://xcorp.example/",
+            "http://erp.example.com.evil.net/",
+            "http://127.0.0.2/",
+        ] {
+            assert!(!host_allowed(patterns, url), "{url}");
+        }
+        assert!(host_allowed("", "http://anything/"));
+        assert!(host_allowed("*", "http://anything/"));
     }
 
     #[test]

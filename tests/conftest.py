@@ -3,7 +3,7 @@ fresh listener per test."""
 
 import pytest
 
-from support.cluster import Cluster
+from support.cluster import Cluster, wait_for
 from support.listener import Listener
 
 
@@ -42,6 +42,11 @@ def reload_with(db):
             db.execute(f"ALTER SYSTEM SET outbound_msg.{name} = '{value}'")
             changed.append(name)
         db.execute("SELECT pg_reload_conf()")
+        # This session applies the reload between commands: wait until it has.
+        for name, value in settings.items():
+            wait_for(lambda: db.execute("SELECT current_setting(%s) = %s",
+                                        (f"outbound_msg.{name}", value)).fetchone()[0],
+                     what=f"the reload of outbound_msg.{name} = {value}")
 
     yield apply
     for name in changed:

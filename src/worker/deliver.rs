@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgrx::prelude::*;
 
 use super::pool::{Done, Job, Pool};
-use crate::guc;
+use crate::{guc, validate};
 use crate::http::Limits;
 use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
 use crate::queue::{self, Batch, ClaimLimits};
@@ -33,6 +33,8 @@ pub struct Deliverer {
     in_flight: HashMap<i64, usize>,
     derived_organization_id: Option<String>,
     jitter: Jitter,
+    /// Batches refused without sending (endpoint no longer allowed), recorded next step.
+    refused: Vec<Done>,
 }
 
 /// Settings read once per step, so a reload applies between steps.
@@ -78,6 +80,7 @@ impl Deliverer {
             in_flight: HashMap::new(),
             derived_organization_id: None,
             jitter: Jitter::new(seed),
+            refused: Vec::new(),
         })
     }
 
@@ -96,11 +99,12 @@ impl Deliverer {
             warning!("outbound_msg: could not start HTTP threads: {err}");
         }
 
-        let finished = self.pool.finished();
+        let mut finished = self.pool.finished();
+        for done in &finished {
+            self.finish(done.message_id);
+        }
+        finished.append(&mut self.refused);
         if !finished.is_empty() {
-            for done in &finished {
-                self.finish(done.message_id);
-            }
             let outcomes = Outcomes::new(finished, &settings, &mut self.jitter);
             // If recording fails, the leases run out and the notifications are sent again.
             super::transaction(move || outcomes.record());
@@ -153,11 +157,22 @@ impl Deliverer {
             enterprise_url: guc::enterprise_url(),
             partner_url: guc::partner_url(),
         };
+        let allowed = guc::allowed_endpoints();
         for batch in batches {
+            if !validate::host_allowed(&allowed, &batch.endpoint_url) {
+                // Checked again before every send: the list may have shrunk since definition.
+                self.refused.push(Done {
+                    message_id: batch.message_id,
+                    ids: batch.ids(),
+                    attempts: batch.attempts,
+                    outcome: Err("endpoint host is not allowed by outbound_msg.allowed_endpoints".into()),
+                });
+                continue;
+            }
             *self.in_flight.entry(batch.message_id).or_default() += 1;
             self.pool.submit(job(&header, batch));
         }
-        Some(if claimed_rows == limits.total {
+        Some(if claimed_rows == limits.total || !self.refused.is_empty() {
             Duration::ZERO
         } else {
             next_due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)

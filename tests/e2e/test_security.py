@@ -135,3 +135,111 @@ def test_no_one_else_can_forge_queue_rows_or_reuse_the_trigger(cluster, db, secu
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 user.execute(sql)
+
+
+# Endpoints and secrets
+
+
+@pytest.fixture
+def plain(db):
+    db.execute("DROP TABLE IF EXISTS plain")
+    db.execute("CREATE TABLE plain (id int PRIMARY KEY, v text)")
+    yield "plain"
+    db.execute("DROP TABLE IF EXISTS plain")
+
+
+def create_plain(db, url, unique_name="Plain"):
+    return db.execute("SELECT outbound_msg.create_message('plain', 'Plain', %s, %s, ARRAY['v'], "
+                      "'postgres')", (unique_name, url)).fetchone()[0]
+
+
+def test_allowed_endpoints_is_superuser_only_and_checked_at_definition(cluster, db, plain,
+                                                                      reload_with):
+    db.execute("DROP ROLE IF EXISTS sec_plain")
+    db.execute("CREATE ROLE sec_plain LOGIN")
+    try:
+        with cluster.connect(user="sec_plain") as user:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                user.execute("SET outbound_msg.allowed_endpoints = '*'")
+    finally:
+        db.execute("DROP ROLE sec_plain")
+    reload_with(allowed_endpoints="erp.example.com, *.corp.example")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                       match="is not allowed by outbound_msg.allowed_endpoints"):
+        create_plain(db, "https://evil.example.net/soap")
+    assert messages_on_plain(db) == 0
+    create_plain(db, "https://erp.example.com/soap", "Erp")
+    create_plain(db, "https://crm.corp.example/soap", "Crm")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SELECT outbound_msg.alter_message('plain', 'Erp', "
+                   "endpoint_url => 'https://corp.example/')")
+
+
+def messages_on_plain(db):
+    return db.execute("SELECT count(*) FROM outbound_msg.message "
+                      "WHERE object = 'plain'::regclass").fetchone()[0]
+
+
+def test_allowed_endpoints_is_checked_again_before_each_send(db, plain, listener, reload_with):
+    message_id = create_plain(db, listener.url)
+    reload_with(allowed_endpoints="erp.example.com")
+    refused = "endpoint host is not allowed by outbound_msg.allowed_endpoints"
+
+    def refused_after_reload():
+        # The worker applies the reload at its next wake: insert until a row is refused.
+        db.execute("INSERT INTO plain VALUES ((SELECT coalesce(max(id), 0) + 1 FROM plain), 'x')")
+        return wait_for(lambda: db.execute(
+            "SELECT last_error FROM outbound_msg.notification WHERE message_id = %s "
+            "ORDER BY id DESC LIMIT 1", (message_id,)).fetchone() or listener.requests or [None],
+            what="an outcome")[0] == refused
+
+    before = len(listener.requests)
+    wait_for(refused_after_reload, timeout=30, what="a send refused by the allow-list")
+    rows = db.execute("SELECT count(*) FROM outbound_msg.notification WHERE message_id = %s "
+                      "AND last_error = %s", (message_id, refused)).fetchone()[0]
+    assert rows >= 1
+    assert len(listener.requests) <= before + rows
+
+
+def test_url_credentials_become_basic_authentication(db, plain, listener):
+    url = listener.url.replace("http://", "http://svc:s3cr%40t@")
+    create_plain(db, url)
+    db.execute("INSERT INTO plain VALUES (1, 'x')")
+    wait_for(lambda: listener.requests, what="a delivery")
+    request = listener.requests[0]
+    assert request["headers"]["authorization"] == "Basic c3ZjOnMzY3JAdA=="  # svc:s3cr@t
+    assert request["path"] == "/notify"
+
+
+def test_passwords_never_show_in_errors_views_wsdl_or_the_server_log(cluster, db, plain):
+    secret = "Sup3rS3cret"
+    db.execute("ALTER SYSTEM SET log_statement = 'all'")
+    db.execute("SELECT pg_reload_conf()")
+    try:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            create_plain(db, f"ftp://svc:{secret}@erp.example/")
+        assert secret not in str(refused.value) and "svc:********@" in str(refused.value)
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            db.execute("SELECT outbound_msg.create_message('plain', 'P', 'P', %s, ARRAY['nope'], "
+                       "'postgres')", (f"https://svc:{secret}@127.0.0.1:9/",))
+        create_plain(db, f"https://svc:{secret}@127.0.0.1:9/soap")
+        db.execute("INSERT INTO plain VALUES (1, 'x')")
+        for view in ["messages", "delivery_status"]:
+            rows = db.execute(f"SELECT endpoint_url FROM outbound_msg.{view}").fetchall()
+            assert rows and all(secret not in r[0] for r in rows)
+        wsdl = db.execute("SELECT outbound_msg.wsdl('plain', 'Plain')").fetchone()[0]
+        assert secret not in wsdl and "svc:********@127.0.0.1:9" in wsdl
+        wait_for(lambda: db.execute("SELECT last_error FROM outbound_msg.notification n JOIN "
+                                    "outbound_msg.message m ON m.id = n.message_id "
+                                    "WHERE m.object = 'plain'::regclass").fetchone()[0],
+                 what="a failed attempt")
+        errors = db.execute("SELECT last_error FROM outbound_msg.notification").fetchall()
+        assert all(secret not in (e[0] or "") for e in errors)
+        db.execute("SELECT 1 /* marker: log written */")
+        wait_for(lambda: "marker: log written" in cluster.log(), what="the server log")
+        log = cluster.log()
+        assert "svc:********@" in log, "the statements were logged, masked"
+        assert secret not in log
+    finally:
+        db.execute("ALTER SYSTEM RESET log_statement")
+        db.execute("SELECT pg_reload_conf()")
