@@ -75,6 +75,23 @@ SELECT m.object AS table_name,
 COMMENT ON VIEW outbound_msg.delivery_stats IS
     'Per message: queued, delivered, failed attempts, expired, last success and failure, latency';
 
+-- Client certificates, without their private keys.
+CREATE VIEW outbound_msg.client_certificates AS
+SELECT c.name,
+       c.subject,
+       c.not_before,
+       c.not_after,
+       c.fingerprint,
+       c.created_at,
+       ARRAY(SELECT format('%s on %s', m.unique_name, m.object)
+               FROM outbound_msg.message m
+              WHERE m.client_certificate = c.name
+              ORDER BY 1) AS used_by
+  FROM outbound_msg.client_certificate c
+ ORDER BY c.name;
+COMMENT ON VIEW outbound_msg.client_certificates IS
+    'Imported client certificates (never their private keys) and the messages that present them';
+
 -- DDL that would break a definition. A dropped table takes its messages and their queued
 -- notifications with it; dropping or renaming a sent column, or changing the primary key that
 -- supplies the record Id, is refused while a message uses it.
@@ -158,6 +175,7 @@ SELECT outbound_msg.wake_worker();
 -- Pure helpers the views use: harmless, so the views work for whoever may read them.
 GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint)
     TO PUBLIC;
+REVOKE ALL ON outbound_msg.client_certificates FROM PUBLIC;
 REVOKE ALL ON outbound_msg.messages, outbound_msg.delivery_status, outbound_msg.delivery_stats
     FROM PUBLIC;
 
@@ -175,5 +193,9 @@ COMMENT ON FUNCTION outbound_msg.disable_message(regclass, text) IS
     'Stops an outbound message capturing; queued notifications are still delivered';
 COMMENT ON FUNCTION outbound_msg.send(regclass, text, text) IS
     'Queues a notification for the row with the given primary key; returns its notification Id';
+COMMENT ON FUNCTION outbound_msg.import_client_certificate(text, text, text) IS
+    'Stores a client certificate (PEM chain) and its private key (PEM) for mutual TLS; returns its SHA-256 fingerprint';
+COMMENT ON FUNCTION outbound_msg.drop_client_certificate(text) IS
+    'Deletes a client certificate that no message presents';
 COMMENT ON FUNCTION outbound_msg.wsdl(regclass, text) IS
     'The WSDL a listener for this outbound message is built from';

@@ -74,3 +74,19 @@ COMMENT ON TABLE outbound_msg.message_stats IS
 
 REVOKE ALL ON outbound_msg.message, outbound_msg.notification, outbound_msg.message_stats
     FROM PUBLIC;
+
+-- Client certificates for mutual TLS. Written only by src/certificates.rs. The private key is
+-- never shown back: the view outbound_msg.client_certificates leaves it out.
+CREATE TABLE outbound_msg.client_certificate (
+    name            text PRIMARY KEY,
+    certificate_pem text NOT NULL,
+    private_key_pem text NOT NULL,
+    subject         text NOT NULL,
+    not_before      timestamptz NOT NULL,
+    not_after       timestamptz NOT NULL,
+    fingerprint     text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE outbound_msg.client_certificate IS
+    'Client certificates and their private keys, presented to endpoints that require mutual TLS';
+REVOKE ALL ON outbound_msg.client_certificate FROM PUBLIC;

@@ -12,7 +12,7 @@ use pgrx::spi::{quote_identifier, SpiClient};
 
 use crate::error::{Error, Kind, Result};
 use crate::sqltypes::{RegClass, RegRole};
-use crate::{criteria, guc, queue, roles, secrets, validate, wire, wsdl};
+use crate::{certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
 
 /// Name of the row trigger that captures changes for every message of a table.
 pub const TRIGGER_NAME: &str = "outbound_msg_capture";
@@ -380,11 +380,8 @@ fn check(
         }
         None => {}
     }
-    if settings.client_certificate.is_some() {
-        return Err(Error::new(
-            Kind::FeatureNotSupported,
-            "client certificates are not supported yet",
-        ));
+    if let Some(name) = &settings.client_certificate {
+        certificates::require(client, name)?;
     }
     Ok(Checked {
         settings,

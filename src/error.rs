@@ -25,6 +25,8 @@ pub enum Kind {
     InsufficientPrivilege,
     /// 55000: the message is not in a state that allows the operation.
     ObjectNotInPrerequisiteState,
+    /// 2BP01: something still uses the object.
+    DependentObjectsStillExist,
     /// 42P16: the table cannot carry an outbound message (no usable primary key).
     InvalidTableDefinition,
     /// 0A000: a setting this version does not support yet.
@@ -44,6 +46,9 @@ impl Kind {
             Kind::DuplicateObject => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             Kind::WrongObjectType => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             Kind::InsufficientPrivilege => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Kind::DependentObjectsStillExist => {
+                PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
+            }
             Kind::ObjectNotInPrerequisiteState => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }

@@ -15,6 +15,7 @@ static MAX_AGE_MS: GucSetting<i32> = GucSetting::<i32>::new(86_400_000);
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static ORGANIZATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ALLOWED_ENDPOINTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ENTERPRISE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static PARTNER_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -106,6 +107,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"outbound_msg.ca_file",
+        c"PEM file of the certificate authorities HTTPS endpoints are verified against.",
+        c"Empty (the default) uses the system's CA store. Read again on reload.",
+        &CA_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
         c"outbound_msg.enterprise_url",
         c"EnterpriseUrl sent in every message.",
         c"Listeners written for Salesforce may use it to call back; any string is accepted.",
@@ -188,6 +197,11 @@ pub fn organization_id() -> Option<String> {
 /// `outbound_msg.allowed_endpoints`.
 pub fn allowed_endpoints() -> String {
     text(&ALLOWED_ENDPOINTS)
+}
+
+/// `outbound_msg.ca_file`, `None` when empty (then the system's CA store).
+pub fn ca_file() -> Option<String> {
+    Some(text(&CA_FILE)).filter(|path| !path.is_empty())
 }
 
 /// `outbound_msg.enterprise_url`.

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::soap::{self, Answer};
+use crate::tls::{Identity, Roots};
 
 /// Limits of one exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,24 +22,53 @@ pub struct Limits {
 pub struct Client {
     agent: ureq::Agent,
     limits: Limits,
+    /// Why HTTPS cannot be verified (no usable roots), if so.
+    roots_problem: Option<String>,
 }
 
 impl Client {
-    /// Builds the client. Call it in the process that uses it (never before fork).
-    pub fn new(limits: Limits) -> Client {
+    /// Builds the client: server certificates are verified against `roots` (chain and host
+    /// name); `identity`, if any, is presented to servers that ask for a client certificate.
+    /// Call it in the process that uses it (never before fork).
+    pub fn new(limits: Limits, roots: &Roots, identity: Option<&Identity>) -> Client {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Ok(roots) = roots {
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(roots.clone()));
+        } else {
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Default::default()));
+        }
+        if let Some((identity, key)) = identity.and_then(|i| i.key().map(|key| (i, key))) {
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
+                &identity.chain,
+                key,
+            )));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(limits.timeout))
             .max_redirects(0)
             .http_status_as_error(false)
             .user_agent(concat!("outbound_msg/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
             .build()
             .into();
-        Client { agent, limits }
+        Client {
+            agent,
+            limits,
+            roots_problem: roots.as_ref().err().cloned(),
+        }
     }
 
     /// Posts `body` to `url` as a SOAP 1.1 request. `Ok` means the listener acknowledged every
     /// notification in it; `Err` carries the failure reason.
     pub fn deliver(&self, url: &str, body: &str) -> Result<(), String> {
+        if let Some(problem) = &self.roots_problem {
+            if url
+                .get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+            {
+                return Err(format!("TLS error: {problem}"));
+            }
+        }
         // Credentials in the URL become HTTP Basic authentication; ureq never sees them.
         let (url, authorization) = split_credentials(url);
         let mut request = self
@@ -91,7 +121,12 @@ impl Client {
             }
             ureq::Error::HostNotFound => "connection error: host not found".to_string(),
             ureq::Error::ConnectionFailed => "connection error: connection failed".to_string(),
-            ureq::Error::Io(io) => format!("connection error: {io}"),
+            ureq::Error::Io(io) => {
+                match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                    Some(tls) => format!("TLS error: {tls}"),
+                    None => format!("connection error: {io}"),
+                }
+            }
             ureq::Error::Rustls(tls) => format!("TLS error: {tls}"),
             ureq::Error::Tls(tls) => format!("TLS error: {tls}"),
             ureq::Error::BadUri(_) => "invalid endpoint URL".to_string(),
@@ -105,10 +140,16 @@ impl Client {
 /// (percent-decoded, as browsers and curl do).
 fn split_credentials(url: &str) -> (std::borrow::Cow<'_, str>, Option<String>) {
     use base64::Engine;
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return (url.into(), None) };
-    let authority_len = url[scheme_end..].find(['/', '?', '#']).unwrap_or(url.len() - scheme_end);
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.into(), None);
+    };
+    let authority_len = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .unwrap_or(url.len() - scheme_end);
     let authority = &url[scheme_end..scheme_end + authority_len];
-    let Some(at) = authority.rfind('@') else { return (url.into(), None) };
+    let Some(at) = authority.rfind('@') else {
+        return (url.into(), None);
+    };
     let userinfo = percent_decode(&authority[..at]);
     let stripped = format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]);
     let token = base64::engine::general_purpose::STANDARD.encode(userinfo);
@@ -121,7 +162,11 @@ fn percent_decode(text: &str) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(high), Some(low)) => {
                 out.push((high * 16 + low) as u8);
                 i += 3;

@@ -60,6 +60,8 @@ pub struct Batch {
     pub notifications: Vec<(i64, String)>,
     /// Most attempts among its notifications, this one included.
     pub attempts: u32,
+    /// The client certificate its message presents, if any.
+    pub client_certificate: Option<String>,
 }
 
 impl Batch {
@@ -120,7 +122,8 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                     next_attempt_at = now() + make_interval(secs => $6)
                FROM locked, outbound_msg.message m, pg_catalog.pg_class c
               WHERE n.id = locked.id AND m.id = n.message_id AND c.oid = m.object
-             RETURNING n.id, n.message_id, n.payload, n.attempts, m.endpoint_url, c.relname::text",
+             RETURNING n.id, n.message_id, n.payload, n.attempts, m.endpoint_url, c.relname::text,
+                       m.client_certificate",
             None,
             &[
                 (limits.total as i64).into(),
@@ -140,6 +143,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                 attempts: row.get::<i32>(4)?.unwrap_or(1).max(1) as u32,
                 endpoint_url: row.get(5)?.unwrap_or_default(),
                 object_type: row.get(6)?.unwrap_or_default(),
+                client_certificate: row.get(7)?,
             });
         }
         Ok(into_batches(claimed, limits.batch_size))
@@ -301,6 +305,7 @@ struct Claimed {
     attempts: u32,
     endpoint_url: String,
     object_type: String,
+    client_certificate: Option<String>,
 }
 
 /// Groups claimed rows by message, each message's rows in queue order (`UPDATE ... RETURNING`
@@ -321,6 +326,7 @@ fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
                 object_type: row.object_type,
                 notifications: Vec::with_capacity(batch_size),
                 attempts: 0,
+                client_certificate: row.client_certificate.clone(),
             });
         }
         if let Some(batch) = batches.last_mut() {
@@ -343,6 +349,7 @@ mod tests {
             attempts,
             endpoint_url: format!("http://e{message_id}/"),
             object_type: "t".into(),
+            client_certificate: None,
         }
     }
 

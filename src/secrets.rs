@@ -22,11 +22,16 @@ pub fn mask_credentials(text: &str) -> Cow<'_, str> {
     while let Some(start) = rest.find("://") {
         let authority_start = start + 3;
         let authority_len = rest[authority_start..]
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '\'' | '"' | '<' | '>') || c.is_whitespace())
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '\'' | '"' | '<' | '>') || c.is_whitespace()
+            })
             .unwrap_or(rest.len() - authority_start);
         let authority = &rest[authority_start..authority_start + authority_len];
         out.push_str(&rest[..authority_start]);
-        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+        match authority
+            .rfind('@')
+            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+        {
             Some((colon, at)) => {
                 out.push_str(&authority[..=colon]);
                 out.push_str(MASK);
@@ -52,7 +57,10 @@ pub fn mask_private_keys(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(begin) = rest.find(KEY_BEGIN) {
-        let header_end = rest[begin..].find("-----\n").map(|i| begin + i).unwrap_or(rest.len());
+        let header_end = rest[begin..]
+            .find("-----\n")
+            .map(|i| begin + i)
+            .unwrap_or(rest.len());
         let is_private = rest[begin..header_end.min(rest.len())].contains("PRIVATE KEY");
         out.push_str(&rest[..begin]);
         if !is_private {
@@ -63,7 +71,11 @@ pub fn mask_private_keys(text: &str) -> Cow<'_, str> {
         // Up to and including the END line of this key, or to the end of the text.
         let end = rest[begin..]
             .find("-----END")
-            .and_then(|i| rest[begin + i..].find(PRIVATE_KEY).map(|j| begin + i + j + PRIVATE_KEY.len()))
+            .and_then(|i| {
+                rest[begin + i..]
+                    .find(PRIVATE_KEY)
+                    .map(|j| begin + i + j + PRIVATE_KEY.len())
+            })
             .unwrap_or(rest.len());
         out.push_str(MASK);
         rest = &rest[end..];
@@ -102,7 +114,12 @@ unsafe extern "C-unwind" fn filter_log(data: *mut pg_sys::ErrorData) {
     // current memory context here, where the replacements are allocated too.
     unsafe {
         let data = &mut *data;
-        for field in [&mut data.message, &mut data.detail, &mut data.detail_log, &mut data.hint] {
+        for field in [
+            &mut data.message,
+            &mut data.detail,
+            &mut data.detail_log,
+            &mut data.hint,
+        ] {
             mask_field(field);
         }
         let statement = pg_sys::debug_query_string;
@@ -144,13 +161,20 @@ mod tests {
             mask_credentials("a 'http://u:p@h:8080' and http://x:y@z?q=1"),
             "a 'http://u:********@h:8080' and http://x:********@z?q=1"
         );
-        assert_eq!(mask_credentials("http://user@host/ http://host/a@b"), "http://user@host/ http://host/a@b");
-        assert!(matches!(mask_credentials("no urls at all"), Cow::Borrowed(_)));
+        assert_eq!(
+            mask_credentials("http://user@host/ http://host/a@b"),
+            "http://user@host/ http://host/a@b"
+        );
+        assert!(matches!(
+            mask_credentials("no urls at all"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
     fn private_keys_are_masked() {
-        let text = "key => '-----BEGIN PRIVATE KEY-----\nMIIEv\nabc\n-----END PRIVATE KEY-----', cert";
+        let text =
+            "key => '-----BEGIN PRIVATE KEY-----\nMIIEv\nabc\n-----END PRIVATE KEY-----', cert";
         assert_eq!(mask_private_keys(text), "key => '********', cert");
         let ec = "-----BEGIN EC PRIVATE KEY-----\nxyz\n-----END EC PRIVATE KEY-----";
         assert_eq!(mask_private_keys(ec), "********");

@@ -79,19 +79,28 @@ pub fn host_allowed(patterns: &str, url: &str) -> bool {
     if patterns.trim().is_empty() {
         return true;
     }
-    let Some(host) = url.parse::<ureq::http::Uri>().ok().and_then(|u| u.host().map(str::to_string))
+    let Some(host) = url
+        .parse::<ureq::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
     else {
         return false;
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    patterns.split(',').map(|p| p.trim().to_ascii_lowercase()).any(|pattern| {
-        let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
-        match pattern.strip_prefix("*.") {
-            _ if pattern == "*" => true,
-            Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
-            None => !pattern.is_empty() && host == pattern,
-        }
-    })
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    patterns
+        .split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .any(|pattern| {
+            let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
+            match pattern.strip_prefix("*.") {
+                _ if pattern == "*" => true,
+                Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
+                None => !pattern.is_empty() && host == pattern,
+            }
+        })
 }
 
 /// A name usable as an XML element or type name without a prefix (an XML 1.0 NCName, limited

@@ -6,17 +6,19 @@
 //! endpoint can never take them all: the others keep flowing while its requests time out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgrx::prelude::*;
 
 use super::pool::{Done, Job, Pool};
-use crate::{guc, validate};
 use crate::http::Limits;
 use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
 use crate::queue::{self, Batch, ClaimLimits};
 use crate::retry::{backoff, Jitter};
 use crate::soap::{self, Header, Notification};
+use crate::tls::{self, Identity};
+use crate::{certificates, guc, validate};
 
 /// Largest listener response read.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -35,6 +37,10 @@ pub struct Deliverer {
     jitter: Jitter,
     /// Batches refused without sending (endpoint no longer allowed), recorded next step.
     refused: Vec<Done>,
+    /// The `outbound_msg.ca_file` the pool's roots were loaded for.
+    roots_for: Option<Option<String>>,
+    /// Client identities by certificate name, with the fingerprint they were loaded at.
+    identities: HashMap<String, (String, Arc<Identity>)>,
 }
 
 /// Settings read once per step, so a reload applies between steps.
@@ -76,11 +82,13 @@ impl Deliverer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
         Ok(Deliverer {
-            pool: Pool::new(settings.limits)?,
+            pool: Pool::new(settings.limits, Err("not loaded yet".into()))?,
             in_flight: HashMap::new(),
             derived_organization_id: None,
             jitter: Jitter::new(seed),
             refused: Vec::new(),
+            roots_for: None,
+            identities: HashMap::new(),
         })
     }
 
@@ -95,6 +103,7 @@ impl Deliverer {
     pub fn step(&mut self) -> Option<Duration> {
         let settings = Settings::current();
         self.pool.set_limits(settings.limits.clone());
+        self.load_roots_if_changed();
         if let Err(err) = self.pool.ensure_threads(settings.max_connections) {
             warning!("outbound_msg: could not start HTTP threads: {err}");
         }
@@ -142,9 +151,10 @@ impl Deliverer {
                 Vec::new()
             });
             let next_due = queue::next_due().ok().flatten();
-            Some((derived, batches, next_due))
+            let fingerprints = certificate_fingerprints(&batches);
+            Some((derived, batches, next_due, fingerprints))
         });
-        let (derived, batches, next_due) = match claimed {
+        let (derived, batches, next_due, fingerprints) = match claimed {
             Some(claimed) => claimed?,
             None => return Some(IDLE_WAIT.min(Duration::from_secs(1))),
         };
@@ -161,22 +171,72 @@ impl Deliverer {
         for batch in batches {
             if !validate::host_allowed(&allowed, &batch.endpoint_url) {
                 // Checked again before every send: the list may have shrunk since definition.
-                self.refused.push(Done {
-                    message_id: batch.message_id,
-                    ids: batch.ids(),
-                    attempts: batch.attempts,
-                    outcome: Err("endpoint host is not allowed by outbound_msg.allowed_endpoints".into()),
-                });
+                let reason = "endpoint host is not allowed by outbound_msg.allowed_endpoints";
+                self.refused.push(refusal(&batch, reason.into()));
                 continue;
             }
+            let identity = match &batch.client_certificate {
+                None => None,
+                Some(name) => match self.identity(name, &fingerprints) {
+                    Ok(identity) => Some(identity),
+                    Err(reason) => {
+                        self.refused.push(refusal(&batch, reason));
+                        continue;
+                    }
+                },
+            };
             *self.in_flight.entry(batch.message_id).or_default() += 1;
-            self.pool.submit(job(&header, batch));
+            self.pool.submit(job(&header, batch, identity));
         }
-        Some(if claimed_rows == limits.total || !self.refused.is_empty() {
-            Duration::ZERO
-        } else {
-            next_due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)
-        })
+        Some(
+            if claimed_rows == limits.total || !self.refused.is_empty() {
+                Duration::ZERO
+            } else {
+                next_due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)
+            },
+        )
+    }
+
+    /// Loads the roots again when `outbound_msg.ca_file` changed (and at start).
+    fn load_roots_if_changed(&mut self) {
+        let ca_file = guc::ca_file();
+        if self.roots_for.as_ref() == Some(&ca_file) {
+            return;
+        }
+        let roots = tls::load_roots(ca_file.as_deref());
+        if let Err(problem) = &roots {
+            warning!("outbound_msg: HTTPS endpoints cannot be verified: {problem}");
+        }
+        self.pool.set_roots(roots);
+        self.roots_for = Some(ca_file);
+    }
+
+    /// The identity of client certificate `name`, loaded again when its fingerprint changed.
+    fn identity(
+        &mut self,
+        name: &str,
+        fingerprints: &HashMap<String, String>,
+    ) -> Result<(String, Arc<Identity>), String> {
+        let Some(fingerprint) = fingerprints.get(name) else {
+            return Err(format!("client certificate \"{name}\" does not exist"));
+        };
+        if let Some((loaded, identity)) = self.identities.get(name) {
+            if loaded == fingerprint {
+                return Ok((format!("{name}/{fingerprint}"), Arc::clone(identity)));
+            }
+        }
+        let pem = super::transaction(|| certificates::pem(name).ok().flatten()).flatten();
+        let Some((certificate, key)) = pem else {
+            return Err(format!("client certificate \"{name}\" does not exist"));
+        };
+        let (identity, _) = tls::parse_identity(&certificate, &key)
+            .map_err(|err| format!("client certificate \"{name}\" is unusable: {err}"))?;
+        let identity = Arc::new(identity);
+        self.identities.insert(
+            name.to_string(),
+            (fingerprint.clone(), Arc::clone(&identity)),
+        );
+        Ok((format!("{name}/{fingerprint}"), identity))
     }
 
     fn finish(&mut self, message_id: i64) {
@@ -196,8 +256,35 @@ struct HeaderValues {
     partner_url: String,
 }
 
+/// A batch that fails without being sent.
+fn refusal(batch: &Batch, reason: String) -> Done {
+    Done {
+        message_id: batch.message_id,
+        ids: batch.ids(),
+        attempts: batch.attempts,
+        outcome: Err(reason),
+    }
+}
+
+/// Fingerprints of the client certificates the batches present (inside the claim transaction).
+fn certificate_fingerprints(batches: &[Batch]) -> HashMap<String, String> {
+    let mut names: Vec<String> = batches
+        .iter()
+        .filter_map(|b| b.client_certificate.clone())
+        .collect();
+    if names.is_empty() {
+        return HashMap::new();
+    }
+    names.sort();
+    names.dedup();
+    certificates::fingerprints(&names)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
 /// The SOAP message for one batch.
-fn job(values: &HeaderValues, batch: Batch) -> Job {
+fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identity>)>) -> Job {
     let action_id = salesforce_id(ACTION_PREFIX, batch.message_id as u64);
     let header = Header {
         organization_id: &values.organization_id,
@@ -222,6 +309,7 @@ fn job(values: &HeaderValues, batch: Batch) -> Job {
         attempts: batch.attempts,
         url: batch.endpoint_url,
         body,
+        identity,
     }
 }
 

@@ -13,7 +13,10 @@ use std::thread;
 #[cfg(test)]
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use crate::http::{Client, Limits};
+use crate::tls::{Identity, Roots};
 
 /// One SOAP message to post.
 pub struct Job {
@@ -24,6 +27,8 @@ pub struct Job {
     pub attempts: u32,
     pub url: String,
     pub body: String,
+    /// The client certificate to present, under a key that changes when it does.
+    pub identity: Option<(String, Arc<Identity>)>,
 }
 
 /// The outcome of a job.
@@ -40,8 +45,7 @@ pub struct Pool {
     job_queue: Arc<Mutex<Receiver<Job>>>,
     done_tx: Sender<Done>,
     done: Receiver<Done>,
-    client: Arc<RwLock<Arc<Client>>>,
-    limits: Limits,
+    clients: Arc<RwLock<Clients>>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
     threads: usize,
@@ -49,7 +53,7 @@ pub struct Pool {
 
 impl Pool {
     /// A pool with no threads yet; [`Pool::ensure_threads`] starts them.
-    pub fn new(limits: Limits) -> std::io::Result<Pool> {
+    pub fn new(limits: Limits, roots: Roots) -> std::io::Result<Pool> {
         let (jobs, job_queue) = channel();
         let (done_tx, done) = channel();
         let (wake_tx, wake_rx) = UnixStream::pair()?;
@@ -60,8 +64,7 @@ impl Pool {
             job_queue: Arc::new(Mutex::new(job_queue)),
             done_tx,
             done,
-            client: Arc::new(RwLock::new(Arc::new(Client::new(limits.clone())))),
-            limits,
+            clients: Arc::new(RwLock::new(Clients::new(limits, roots))),
             wake_tx,
             wake_rx,
             threads: 0,
@@ -74,11 +77,11 @@ impl Pool {
         while self.threads < count {
             let queue = Arc::clone(&self.job_queue);
             let done = self.done_tx.clone();
-            let client = Arc::clone(&self.client);
+            let clients = Arc::clone(&self.clients);
             let wake = self.wake_tx.try_clone()?;
             thread::Builder::new()
                 .name(format!("outbound_msg http {}", self.threads))
-                .spawn(move || serve(&queue, &done, &client, &wake))?;
+                .spawn(move || serve(&queue, &done, &clients, &wake))?;
             self.threads += 1;
         }
         Ok(())
@@ -86,11 +89,17 @@ impl Pool {
 
     /// Uses `limits` for the next jobs (after a reload); jobs in flight keep their own.
     pub fn set_limits(&mut self, limits: Limits) {
-        if limits != self.limits {
-            if let Ok(mut client) = self.client.write() {
-                *client = Arc::new(Client::new(limits.clone()));
+        if let Ok(mut clients) = self.clients.write() {
+            if clients.limits != limits {
+                *clients = Clients::new(limits, clients.roots.clone());
             }
-            self.limits = limits;
+        }
+    }
+
+    /// Verifies servers against `roots` from the next job on.
+    pub fn set_roots(&mut self, roots: Roots) {
+        if let Ok(mut clients) = self.clients.write() {
+            *clients = Clients::new(clients.limits.clone(), roots);
         }
     }
 
@@ -113,10 +122,49 @@ impl Pool {
     }
 }
 
+/// HTTP clients sharing limits and roots: one without a client certificate, and one per
+/// identity presented.
+struct Clients {
+    limits: Limits,
+    roots: Roots,
+    by_identity: HashMap<String, Arc<Client>>,
+}
+
+impl Clients {
+    fn new(limits: Limits, roots: Roots) -> Clients {
+        Clients {
+            limits,
+            roots,
+            by_identity: HashMap::new(),
+        }
+    }
+
+    /// The client for `identity`, built on first use.
+    fn get(
+        lock: &RwLock<Clients>,
+        identity: Option<&(String, Arc<Identity>)>,
+    ) -> Option<Arc<Client>> {
+        let key = identity.map_or("", |(key, _)| key.as_str());
+        if let Some(client) = lock.read().ok()?.by_identity.get(key) {
+            return Some(Arc::clone(client));
+        }
+        let mut clients = lock.write().ok()?;
+        let client = Arc::new(Client::new(
+            clients.limits.clone(),
+            &clients.roots,
+            identity.map(|(_, i)| i.as_ref()),
+        ));
+        clients
+            .by_identity
+            .insert(key.to_string(), Arc::clone(&client));
+        Some(client)
+    }
+}
+
 fn serve(
     queue: &Mutex<Receiver<Job>>,
     done: &Sender<Done>,
-    client: &RwLock<Arc<Client>>,
+    clients: &RwLock<Clients>,
     mut wake: &UnixStream,
 ) {
     loop {
@@ -127,9 +175,8 @@ fn serve(
             },
             Err(_) => return,
         };
-        let client = match client.read() {
-            Ok(client) => Arc::clone(&client),
-            Err(_) => return,
+        let Some(client) = Clients::get(clients, job.identity.as_ref()) else {
+            return;
         };
         let outcome = client.deliver(&job.url, &job.body);
         let finished = Done {
@@ -169,6 +216,7 @@ mod tests {
                 attempts: 1,
                 url: url.clone(),
                 body: "<x/>".into(),
+                identity: None,
             });
         }
         let deadline = Instant::now() + Duration::from_secs(10);

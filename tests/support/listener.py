@@ -1,6 +1,7 @@
 """SOAP listeners on 127.0.0.1 that record what they receive and answer as told."""
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -76,8 +77,11 @@ class Listener:
     `body` (bytes), `client_port`, `received_at` and, once answered, `answered_at`
     (time.monotonic())."""
 
-    def __init__(self, respond=ack):
+    def __init__(self, respond=ack, tls=None):
+        """`tls`: None for plain HTTP, or a dict with `cert` and `key` (PEM file paths) and,
+        to require a client certificate, `client_ca`."""
         self.respond = respond
+        self.scheme = "https" if tls else "http"
         self.requests = []
         self.lock = threading.Lock()
         listener = self
@@ -88,8 +92,9 @@ class Listener:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                peer = getattr(self.connection, "getpeercert", lambda: None)()
                 request = {"path": self.path, "headers": headers, "body": body,
-                           "received_at": time.monotonic()}
+                           "received_at": time.monotonic(), "client_certificate": peer}
                 with listener.lock:
                     listener.requests.append(request)
                 request["client_port"] = self.client_address[1]
@@ -122,12 +127,20 @@ class Listener:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls["cert"], tls["key"])
+            if tls.get("client_ca"):
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(tls["client_ca"])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server.handle_error = lambda *args: None  # refused handshakes are expected
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/notify"
 
     def received(self):
         """Every SOAP message received so far, parsed (see `parse_message`)."""
