@@ -221,10 +221,14 @@ mod tests {
     }
 
     fn client() -> Client {
-        Client::new(Limits {
-            timeout: Duration::from_secs(5),
-            max_response_bytes: 1024,
-        })
+        Client::new(
+            Limits {
+                timeout: Duration::from_secs(5),
+                max_response_bytes: 1024,
+            },
+            &Err("no roots in unit tests".to_string()),
+            None,
+        )
     }
 
     #[test]

@@ -203,11 +203,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let mut pool = Pool::new(Limits {
+        let limits = Limits {
             timeout: Duration::from_secs(2),
             max_response_bytes: 1024,
-        })
-        .unwrap();
+        };
+        let mut pool = Pool::new(limits, Err("no roots".into())).unwrap();
         pool.ensure_threads(2).unwrap();
         for id in 0..3 {
             pool.submit(Job {

@@ -81,8 +81,8 @@ REFUSED = [
      "single expression"),
     ("criteria second statement", {"criteria": "true; DROP TABLE acct"}, "42601", "syntax"),
     ("criteria comment escape", {"criteria": "true) FROM pg_authid --"}, "42601", "syntax"),
-    ("client certificate", {"client_certificate": "cert"}, "0A000",
-     "client certificates are not supported yet"),
+    ("unknown client certificate", {"client_certificate": "cert"}, "42704",
+     'client certificate "cert" does not exist'),
 ]
 
 
