@@ -1,0 +1,308 @@
+"""outbound_msg benchmarks (issue: "Performance"). Every figure is printed with a baseline
+measured in the same run, its ratio, and the target, marked met or NOT MET. Run through
+bench/run.sh, which installs and builds first.
+
+  1. capture, bulk:   INSERT ... SELECT of 50,000 rows: plain table, PL/pgSQL outbox trigger,
+                      one outbound message on 4 columns (best of N rounds, interleaved)
+  2. capture, OLTP:   pgbench single-row inserts, 2 clients, the same three tables
+  3. throughput:      100,000 notifications queued at one commit, until nginx acked them all
+  4. latency:         20 single-row commits per second for 30 s, commit timestamp to arrival
+  5. scale:           a 1,000,000 backlog drained: worker peak RSS, rate at start and end,
+                      queue size after VACUUM
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from support.cluster import Cluster, free_port  # noqa: E402
+from support.listener import ACK, Listener, parse_message  # noqa: E402
+
+RESULTS = []
+
+
+def report(name, value, unit, baseline=None, ratio=None, target=None, met=None):
+    line = f"{name:<44} {value:>12,.1f} {unit}"
+    if baseline is not None:
+        line += f"   baseline {baseline:,.1f}"
+    if ratio is not None:
+        line += f"   ratio {ratio:.2f}"
+    if target is not None:
+        line += f"   target {target}: {'met' if met else 'NOT MET'}"
+    print(line, flush=True)
+    RESULTS.append((name, met))
+
+
+class Nginx:
+    """nginx answering every POST with a SOAP Ack, from Debian's package."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.root = tempfile.mkdtemp(prefix="outbound_msg-nginx-")
+        ack = ACK.decode().replace("'", "\\'")
+        conf = f"""
+worker_processes 1;
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.root}/body;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  client_max_body_size 64m;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{ default_type "text/xml; charset=utf-8"; return 200 '{ack}'; }}
+  }}
+}}
+"""
+        self.conf = os.path.join(self.root, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        subprocess.run([nginx, "-c", self.conf, "-p", self.root], check=True)
+        self.nginx = nginx
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/soap"
+
+    def stop(self):
+        subprocess.run([self.nginx, "-c", self.conf, "-p", self.root, "-s", "quit"], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+COLUMNS = "id int PRIMARY KEY, a int, b text, c timestamptz, d numeric"
+ROWS = "SELECT g, g, 'text ' || g, now(), g * 1.5 FROM generate_series(1, %s) g"
+
+
+def setup_tables(db, url):
+    db.execute("CREATE EXTENSION IF NOT EXISTS outbound_msg")
+    for name in ["plain", "outboxed", "captured"]:
+        db.execute(f"CREATE TABLE {name} ({COLUMNS})")
+    db.execute("CREATE TABLE outbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+    db.execute("""CREATE FUNCTION outbox_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN
+                      INSERT INTO outbox (payload) VALUES (jsonb_build_object(
+                          'id', NEW.id, 'a', NEW.a, 'b', NEW.b, 'c', NEW.c, 'd', NEW.d));
+                      RETURN NULL;
+                  END $$""")
+    db.execute("CREATE TRIGGER outbox_capture AFTER INSERT OR UPDATE ON outboxed "
+               "FOR EACH ROW EXECUTE FUNCTION outbox_capture()")
+    db.execute("SELECT outbound_msg.create_message('captured', 'Bench', 'Bench', %s, "
+               "ARRAY['a', 'b', 'c', 'd'], 'postgres')", (url,))
+
+
+def drained(db):
+    return db.execute("SELECT count(*) = 0 FROM outbound_msg.notification").fetchone()[0]
+
+
+def wait_drained(db, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not drained(db):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the queue did not drain")
+        time.sleep(0.05)
+
+
+def bench_bulk(db, rounds, rows=50_000):
+    print(f"\n1. Capture, bulk: INSERT ... SELECT of {rows:,} rows (best of {rounds}, interleaved)")
+    best = {}
+    for _ in range(rounds):
+        for table in ["plain", "outboxed", "captured"]:
+            db.execute(f"TRUNCATE {table}, outbox")
+            wait_drained(db)
+            db.execute("CHECKPOINT")
+            started = time.perf_counter()
+            db.execute(f"INSERT INTO {table} {ROWS}", (rows,))
+            elapsed = (time.perf_counter() - started) * 1000
+            best[table] = min(best.get(table, elapsed), elapsed)
+    wait_drained(db)
+    a, b, c = best["plain"], best["outboxed"], best["captured"]
+    report("(a) plain table", a, "ms/statement")
+    report("(b) PL/pgSQL outbox trigger", b, "ms/statement", baseline=a, ratio=b / a)
+    report("(c) outbound message, 4 columns", c, "ms/statement", baseline=a, ratio=c / a,
+           target="c/a <= 2.0", met=c / a <= 2.0)
+    report("    c/b", c / b, "", baseline=b, ratio=c / b)
+
+
+def bench_oltp(cluster, db, rounds, seconds):
+    print(f"\n2. Capture, OLTP: pgbench single-row inserts, 2 clients, {seconds} s (best of {rounds})")
+    best = {}
+    scripts = {}
+    for table in ["plain", "outboxed", "captured"]:
+        db.execute(f"CREATE SEQUENCE IF NOT EXISTS {table}_seq START 10000000")
+        path = os.path.join(cluster.root, f"{table}.sql")
+        with open(path, "w") as f:
+            f.write(f"INSERT INTO {table} VALUES (nextval('{table}_seq'), 1, 'text', now(), 1.5);\n")
+        os.chmod(path, 0o644)
+        scripts[table] = path
+    for _ in range(rounds):
+        for table in ["plain", "outboxed", "captured"]:
+            wait_drained(db)
+            out = subprocess.run(
+                ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
+                 "-c", "2", "-j", "2", "-T", str(seconds), "-f", scripts[table], "postgres"],
+                check=True, capture_output=True, text=True).stdout
+            tps = float(next(line for line in out.splitlines()
+                             if line.startswith("tps")).split("=")[1].split()[0])
+            best[table] = max(best.get(table, 0), tps)
+    wait_drained(db)
+    a, b, c = best["plain"], best["outboxed"], best["captured"]
+    report("(a) plain table", a, "tps")
+    report("(b) PL/pgSQL outbox trigger", b, "tps", baseline=a, ratio=b / a)
+    report("(c) outbound message", c, "tps", baseline=a, ratio=c / a, target="c/a >= 0.95",
+           met=c / a >= 0.95)
+
+
+def delivered(db):
+    return db.execute("SELECT coalesce(sum(delivered), 0) FROM outbound_msg.message_stats"
+                      ).fetchone()[0]
+
+
+def bench_throughput(db, count=100_000):
+    print(f"\n3. Delivery throughput: {count:,} notifications queued at one commit")
+    db.execute("TRUNCATE captured")
+    wait_drained(db)
+    before = delivered(db)
+    with db.transaction():
+        db.execute(f"INSERT INTO captured {ROWS}", (count,))
+    committed = time.perf_counter()
+    while delivered(db) < before + count:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - committed
+    rate = count / elapsed
+    report("commit to all acknowledged", elapsed * 1000, "ms")
+    report("throughput", rate, "notifications/s", target=">= 50,000/s", met=rate >= 50_000)
+
+
+def bench_latency(db, per_second=20, seconds=30):
+    print(f"\n4. Latency: {per_second} single-row commits/s for {seconds} s, "
+          "commit timestamp to listener arrival")
+    arrivals = {}
+
+    def record(request):
+        now = time.time()
+        for n in parse_message(request["body"])["notifications"]:
+            arrivals[n["fields"]["Id"]] = now
+        return 200, ACK
+
+    listener = Listener(record)
+    try:
+        db.execute("CREATE TABLE latency (id int PRIMARY KEY, v text)")
+        db.execute("SELECT outbound_msg.create_message('latency', 'Lat', 'Lat', %s, ARRAY['v'], "
+                   "'postgres')", (listener.url,))
+        commits = {}
+        interval = 1 / per_second
+        start = time.monotonic()
+        for n in range(per_second * seconds):
+            time.sleep(max(0, start + n * interval - time.monotonic()))
+            db.execute("INSERT INTO latency VALUES (%s, 'x')", (n,))
+        wait_drained(db)
+        for n, commit in db.execute("SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))"
+                                    " FROM latency").fetchall():
+            commits[str(n)] = float(commit)
+        latencies = sorted((arrivals[k] - commits[k]) * 1000 for k in commits if k in arrivals)
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        report("p50", p50, "ms", target="<= 10 ms", met=p50 <= 10)
+        report("p99", p99, "ms", target="<= 50 ms", met=p99 <= 50)
+        report("notifications measured", len(latencies), "")
+    finally:
+        listener.stop()
+
+
+def worker_pid(db):
+    return db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'outbound_msg worker'"
+                      " AND datname = current_database()").fetchone()[0]
+
+
+def memory_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def bench_scale(db, count):
+    print(f"\n5. Scale: a {count:,} backlog drained")
+    db.execute("TRUNCATE captured")
+    wait_drained(db)
+    pid = worker_pid(db)
+    before = delivered(db)
+    with db.transaction():
+        db.execute(f"INSERT INTO captured {ROWS}", (count,))
+    committed = time.perf_counter()
+    samples = []
+    peak_anon = 0
+    while True:
+        done = delivered(db) - before
+        samples.append((time.perf_counter() - committed, done))
+        peak_anon = max(peak_anon, memory_kib(pid, "RssAnon"))
+        if done >= count:
+            break
+        time.sleep(0.1)
+    tenth = count // 10
+
+    def time_to(n):
+        return next(t for t, done in samples if done >= n)
+
+    first = tenth / time_to(tenth)
+    last = tenth / (time_to(count) - time_to(count - tenth))
+    total = samples[-1][0]
+    hwm = memory_kib(pid, "VmHWM") / 1024
+    report("drain time", total, "s")
+    report("overall rate", count / total, "notifications/s")
+    report("worker peak RSS (VmHWM, incl. shared buffers)", hwm, "MiB", target="<= 64 MiB",
+           met=hwm <= 64)
+    report("worker peak private memory (RssAnon)", peak_anon / 1024, "MiB")
+    report("rate, first 10%", first, "notifications/s")
+    report("rate, last 10%", last, "notifications/s", baseline=first, ratio=last / first,
+           target="within 20% of the first", met=abs(last / first - 1) <= 0.2)
+    db.execute("VACUUM outbound_msg.notification")
+    size = db.execute("SELECT pg_total_relation_size('outbound_msg.notification')").fetchone()[0]
+    report("queue size after drain and VACUUM", size / 1024, "KiB", target="no unbounded bloat",
+           met=size < 10 * 1024 * 1024)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--oltp-seconds", type=int, default=10)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    nginx = Nginx()
+    cluster = Cluster({"track_commit_timestamp": "on", "max_wal_size": "'4GB'",
+                       "shared_buffers": "'256MB'"})
+    try:
+        db = cluster.connect()
+        setup_tables(db, nginx.url)
+        print(f"machine: {os.cpu_count()} cores; PostgreSQL {db.info.server_version}; "
+              f"listener: nginx on 127.0.0.1:{nginx.port}")
+        bench_bulk(db, args.rounds)
+        bench_oltp(cluster, db, args.rounds, args.oltp_seconds)
+        bench_throughput(db)
+        bench_latency(db)
+        bench_scale(db, args.backlog)
+        met = sum(1 for _, m in RESULTS if m)
+        targets = sum(1 for _, m in RESULTS if m is not None)
+        print(f"\n{met} of {targets} targets met")
+    finally:
+        cluster.stop()
+        nginx.stop()
+
+
+if __name__ == "__main__":
+    main()
