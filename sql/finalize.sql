@@ -4,6 +4,7 @@
 -- The capture trigger writes the queue, which the changing role cannot: it runs as the
 -- extension's owner, and reads the changed row only through its trigger data.
 ALTER FUNCTION outbound_msg.capture() SECURITY DEFINER;
+ALTER FUNCTION outbound_msg.flush() SECURITY DEFINER;
 
 -- Hides the password of credentials in a URL (scheme://user:password@host).
 CREATE FUNCTION outbound_msg.mask_credentials(url text) RETURNS text
@@ -40,18 +41,19 @@ CREATE VIEW outbound_msg.delivery_status AS
 SELECT m.unique_name AS message,
        m.object AS table_name,
        outbound_msg.mask_credentials(m.endpoint_url) AS endpoint_url,
-       n.record_id,
-       outbound_msg.notification_id(n.id) AS notification_id,
-       CASE WHEN n.state = 'sending' AND n.next_attempt_at <= now() THEN 'retrying'
-            ELSE n.state END AS state,
-       n.attempts,
-       n.created_at,
-       CASE WHEN n.state <> 'expired' THEN n.next_attempt_at END AS next_attempt_at,
-       n.last_attempt_at,
-       n.last_error
-  FROM outbound_msg.notification n
-  JOIN outbound_msg.message m ON m.id = n.message_id
- ORDER BY n.id;
+       r.record_id,
+       outbound_msg.notification_id(q.id * 100 + r.position - 1) AS notification_id,
+       CASE WHEN q.state = 'sending' AND q.next_attempt_at <= now() THEN 'retrying'
+            ELSE q.state END AS state,
+       q.attempts,
+       q.created_at,
+       CASE WHEN q.state <> 'expired' THEN q.next_attempt_at END AS next_attempt_at,
+       q.last_attempt_at,
+       q.last_error
+  FROM outbound_msg.queue q
+  JOIN outbound_msg.message m ON m.id = q.message_id
+ CROSS JOIN LATERAL unnest(q.record_ids) WITH ORDINALITY AS r(record_id, position)
+ ORDER BY q.id, r.position;
 COMMENT ON VIEW outbound_msg.delivery_status IS
     'Every notification not yet acknowledged, with its state, attempts and last error';
 
@@ -59,17 +61,17 @@ COMMENT ON VIEW outbound_msg.delivery_status IS
 CREATE VIEW outbound_msg.delivery_stats AS
 SELECT m.object AS table_name,
        m.unique_name AS message,
-       count(n.id) FILTER (WHERE n.state <> 'expired') AS queued,
+       coalesce(sum(cardinality(q.record_ids)) FILTER (WHERE q.state <> 'expired'), 0) AS queued,
        coalesce(s.delivered, 0) AS delivered,
        coalesce(s.failed_attempts, 0) AS failed_attempts,
-       count(n.id) FILTER (WHERE n.state = 'expired') AS expired,
+       coalesce(sum(cardinality(q.record_ids)) FILTER (WHERE q.state = 'expired'), 0) AS expired,
        s.last_success,
        s.last_failure,
        CASE WHEN s.delivered > 0 THEN s.latency_total / s.delivered END AS average_latency,
        s.last_latency
   FROM outbound_msg.message m
   LEFT JOIN outbound_msg.message_stats s ON s.message_id = m.id
-  LEFT JOIN outbound_msg.notification n ON n.message_id = m.id
+  LEFT JOIN outbound_msg.queue q ON q.message_id = m.id
  GROUP BY m.id, s.message_id
  ORDER BY m.object::text, m.unique_name;
 COMMENT ON VIEW outbound_msg.delivery_stats IS
@@ -108,7 +110,7 @@ BEGIN
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.object
         RETURNING m.id),
     queued AS (
-        DELETE FROM outbound_msg.notification n USING dropped WHERE n.message_id = dropped.id)
+        DELETE FROM outbound_msg.queue q USING dropped WHERE q.message_id = dropped.id)
     DELETE FROM outbound_msg.message_stats s USING dropped WHERE s.message_id = dropped.id;
 END
 $$;

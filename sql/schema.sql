@@ -29,14 +29,17 @@ COMMENT ON COLUMN outbound_msg.message.fields IS
 COMMENT ON COLUMN outbound_msg.message.key_column IS
     'Primary key column whose value is sent as the record Id';
 
--- The delivery queue: one row per notification still to be acknowledged, or expired. Written
--- only by src/queue.rs. A row leaves the queue only when a listener acknowledged its message,
--- or an administrator discarded it.
-CREATE TABLE outbound_msg.notification (
+-- The delivery queue: one row per group of notifications of one message, captured together
+-- (by one statement, or one transaction) and sent together in one SOAP message. Written only
+-- by src/queue.rs. A row leaves the queue only when a listener acknowledged its message, or an
+-- administrator discarded it. Notification n of row r (from 0) has the notification number
+-- r * 100 + n: its Id, the same on every retry.
+CREATE TABLE outbound_msg.queue (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id      bigint NOT NULL,
-    record_id       text NOT NULL,
-    payload         text NOT NULL,
+    record_ids      text[] NOT NULL CHECK (cardinality(record_ids) BETWEEN 1 AND 100),
+    payloads        text[] COMPRESSION lz4 NOT NULL
+                    CHECK (cardinality(payloads) = cardinality(record_ids)),
     created_at      timestamptz NOT NULL DEFAULT now(),
     state           text NOT NULL DEFAULT 'queued'
                     CHECK (state IN ('queued', 'sending', 'retrying', 'expired')),
@@ -46,18 +49,17 @@ CREATE TABLE outbound_msg.notification (
     last_error      text,
     retried_at      timestamptz
 );
-CREATE INDEX notification_due ON outbound_msg.notification (next_attempt_at, id)
-    WHERE state <> 'expired';
-CREATE INDEX notification_message ON outbound_msg.notification (message_id);
-COMMENT ON TABLE outbound_msg.notification IS
-    'Notifications waiting for delivery or expired, with the outcome of their last attempt';
-COMMENT ON COLUMN outbound_msg.notification.payload IS
-    'The sObject fields as SOAP XML, rendered when the row changed';
-COMMENT ON COLUMN outbound_msg.notification.state IS
+CREATE INDEX queue_due ON outbound_msg.queue (next_attempt_at, id) WHERE state <> 'expired';
+CREATE INDEX queue_message ON outbound_msg.queue (message_id);
+COMMENT ON TABLE outbound_msg.queue IS
+    'Notifications waiting for delivery or expired, in groups sent together; see delivery_status';
+COMMENT ON COLUMN outbound_msg.queue.payloads IS
+    'The sObject fields of each notification as SOAP XML, rendered when the row changed';
+COMMENT ON COLUMN outbound_msg.queue.state IS
     'queued: never tried; sending: in flight until next_attempt_at (its lease); retrying: failed, '
     'next try at next_attempt_at; expired: failed past outbound_msg.max_age, kept, not retried';
-COMMENT ON COLUMN outbound_msg.notification.retried_at IS
-    'Last outbound_msg.retry() of this notification: its age for outbound_msg.max_age counts from here';
+COMMENT ON COLUMN outbound_msg.queue.retried_at IS
+    'Last outbound_msg.retry() of this group: its age for outbound_msg.max_age counts from here';
 
 -- Delivery counters per message. Written only by src/queue.rs.
 CREATE TABLE outbound_msg.message_stats (
@@ -72,7 +74,7 @@ CREATE TABLE outbound_msg.message_stats (
 COMMENT ON TABLE outbound_msg.message_stats IS
     'Per message: notifications delivered, failed notification attempts, capture-to-ack latency';
 
-REVOKE ALL ON outbound_msg.message, outbound_msg.notification, outbound_msg.message_stats
+REVOKE ALL ON outbound_msg.message, outbound_msg.queue, outbound_msg.message_stats
     FROM PUBLIC;
 
 -- Client certificates for mutual TLS. Written only by src/certificates.rs. The private key is

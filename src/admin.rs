@@ -12,10 +12,11 @@ use crate::queue::{self, Selection};
 use crate::sqltypes::RegClass;
 use crate::{catalog, roles};
 
-/// The notification Id sent to listeners for queue row `queue_id`.
+/// The notification Id sent to listeners for notification number `number` (see
+/// `outbound_msg.queue`: row id * 100 + position).
 #[pg_extern(immutable, parallel_safe)]
-fn notification_id(queue_id: i64) -> String {
-    salesforce_id(NOTIFICATION_PREFIX, queue_id as u64)
+fn notification_id(number: i64) -> String {
+    salesforce_id(NOTIFICATION_PREFIX, number as u64)
 }
 
 /// Asks this database's worker to look at the queue when the current transaction commits.
@@ -25,7 +26,8 @@ fn wake_worker() {
     crate::worker::wake::after_commit();
 }
 
-/// Makes one notification (by its 18-character Id) due now; returns 1, or 0 if it is in flight.
+/// Makes one notification (by its 18-character Id) due now, with the group it is sent in;
+/// returns how many notifications were rescheduled (0 if in flight).
 #[pg_extern(name = "retry")]
 fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
     roles::api_call(|client, _| {
@@ -73,10 +75,10 @@ fn discard_expired() -> std::result::Result<i64, ErrorReport> {
     roles::api_call(|client, _| queue::discard(client, Selection::Expired))
 }
 
-/// The queue id of a notification Id that exists, or 22023 / 42704.
-fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<i64> {
-    let id = number_of(NOTIFICATION_PREFIX, notification_id)
-        .and_then(|n| i64::try_from(n).ok())
+/// The number of a notification Id that is queued, or 22023 / 42704.
+fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<u64> {
+    let number = number_of(NOTIFICATION_PREFIX, notification_id)
+        .filter(|n| i64::try_from(*n).is_ok())
         .ok_or_else(|| {
             Error::new(
                 Kind::InvalidParameter,
@@ -84,20 +86,12 @@ fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<i6
             )
             .with_hint("Notification Ids are the 18-character Ids of outbound_msg.delivery_status.")
         })?;
-    let exists = client
-        .select(
-            "SELECT 1 FROM outbound_msg.notification WHERE id = $1",
-            Some(1),
-            &[id.into()],
-        )?
-        .len()
-        == 1;
-    if !exists {
+    if !queue::notification_exists(client, number)? {
         return Err(Error::new(
             Kind::UndefinedObject,
             format!("notification \"{notification_id}\" does not exist"),
         )
         .with_detail("It was delivered or discarded."));
     }
-    Ok(id)
+    Ok(number)
 }

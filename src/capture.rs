@@ -1,11 +1,17 @@
-//! Capture: the row trigger that queues one notification per active message of the changed
-//! table, and `send`, which queues one explicitly. Both render the row's key and selected
-//! columns into a stored, ready-to-send payload, in the calling transaction (a rollback sends
-//! nothing).
+//! Capture: the row trigger that turns each change into one notification per active message of
+//! the table, and `send`, which queues one explicitly. Both render the row's key and selected
+//! columns into a ready-to-send payload, at the time of the change, in the calling transaction
+//! (a rollback sends nothing).
 //!
-//! Values are captured as they are at the time of the change.
+//! The row trigger does no query of its own in the common case: definitions, the columns each
+//! send-as role may read and whether row-level security applies are looked up once per statement
+//! (and again after any relcache invalidation, such as a GRANT or a new policy), and rendered
+//! notifications go to [`pending`], which writes them in groups.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::rc::Rc;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -16,9 +22,10 @@ use crate::catalog::{self, Capture, Evaluate};
 use crate::error::{Error, Kind};
 use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::sqltypes::RegClass;
-use crate::{criteria, queue, roles, soap, wire};
+use crate::{criteria, pending, queue, roles, soap, wire};
 
-/// Trigger function installed by `create_message` on every table that has messages.
+/// Trigger function installed by `create_message` on every table that has messages: one call
+/// per inserted or updated row.
 #[pg_trigger]
 fn capture<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -28,6 +35,104 @@ fn capture<'a>(
     }
     // The return value of an AFTER trigger is ignored.
     Ok(None)
+}
+
+/// Statement-level trigger installed with `capture`: writes what the statement captured.
+#[pg_trigger]
+fn flush<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    if let Err(err) = pending::flush() {
+        err.report();
+    }
+    Ok(None)
+}
+
+/// A message of a table with what this statement may send of it.
+struct Prepared {
+    message: Capture,
+    /// Fields the send-as role may read now; `None` when it may not read the key.
+    fields: Option<Vec<String>>,
+    /// Whether its row-level security policies filter the rows.
+    row_security: bool,
+}
+
+/// Which statement the cached definitions belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Epoch {
+    transaction_start: i64,
+    statement_start: i64,
+    generation: u64,
+}
+
+thread_local! {
+    static CACHE: RefCell<(Option<Epoch>, HashMap<u32, Rc<Vec<Prepared>>>)> =
+        RefCell::new((None, HashMap::new()));
+    /// Bumped when this backend changes definitions, and by relcache invalidations.
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static INVALIDATION_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the next capture look definitions up again (after `create_message` and the like).
+pub fn definitions_changed() {
+    GENERATION.set(GENERATION.get() + 1);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    definitions_changed();
+}
+
+fn current_epoch() -> Epoch {
+    if !INVALIDATION_REGISTERED.replace(true) {
+        // SAFETY: registers a callback that lives as long as the library; it only bumps a counter.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+    // SAFETY: reads timestamps of the current transaction and statement.
+    unsafe {
+        Epoch {
+            transaction_start: pg_sys::GetCurrentTransactionStartTimestamp(),
+            statement_start: pg_sys::GetCurrentStatementStartTimestamp(),
+            generation: GENERATION.get(),
+        }
+    }
+}
+
+/// The active messages of table `relid` (or its partition ancestors), for this statement.
+fn prepared(relid: pg_sys::Oid) -> crate::error::Result<Rc<Vec<Prepared>>> {
+    let epoch = current_epoch();
+    let cached = CACHE.with_borrow_mut(|(cached_epoch, tables)| {
+        if *cached_epoch != Some(epoch) {
+            *cached_epoch = Some(epoch);
+            tables.clear();
+        }
+        tables.get(&relid.to_u32()).cloned()
+    });
+    if let Some(cached) = cached {
+        return Ok(cached);
+    }
+    let messages = Spi::connect(|client| catalog::active_messages(client, relid))?;
+    let prepared: Vec<Prepared> = messages
+        .into_iter()
+        .map(|message| Prepared {
+            fields: readable_fields(
+                message.send_as,
+                message.object,
+                &message.key_column,
+                &message.fields,
+            ),
+            row_security: roles::row_security_applies(message.send_as, message.object),
+            message,
+        })
+        .collect();
+    let prepared = Rc::new(prepared);
+    CACHE.with_borrow_mut(|(_, tables)| tables.insert(relid.to_u32(), Rc::clone(&prepared)));
+    Ok(prepared)
 }
 
 fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
@@ -66,34 +171,23 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
             (Row::new(data.tg_trigtuple, desc), None)
         }
     };
-    Spi::connect_mut(|client| {
-        for message in catalog::active_messages(client, relid)? {
-            if !wanted(&message, &new_row, old_row.as_ref())? {
-                continue;
-            }
-            let Some(fields) = readable_fields(
-                message.send_as,
-                message.object,
-                &message.key_column,
-                &message.fields,
-            ) else {
-                continue;
-            };
-            if roles::row_security_applies(message.send_as, message.object)
-                && !visible_to_send_as(client, &message, &new_row)?
-            {
-                continue;
-            }
-            enqueue_row(
-                client,
-                message.message_id,
-                &message.key_column,
-                &fields,
-                &new_row,
-            )?;
+    for prepared in prepared(relid)?.iter() {
+        let Some(fields) = &prepared.fields else {
+            continue;
+        };
+        let message = &prepared.message;
+        if !wanted(message, &new_row, old_row.as_ref())? {
+            continue;
         }
-        Ok(())
-    })
+        if prepared.row_security
+            && !Spi::connect_mut(|client| visible_to_send_as(client, message, &new_row))?
+        {
+            continue;
+        }
+        let (key, payload) = render(&message.key_column, fields, &new_row)?;
+        pending::add(message.message_id, key, payload)?;
+    }
+    Ok(())
 }
 
 /// The fields the send-as role may read now (a grant may have been revoked since the message
@@ -150,7 +244,9 @@ fn row_by_key(table: &str, key_column: &str, key_type: &str, fields: &[String]) 
 fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::error::Result<bool> {
     let holds = |row: &Row| match &message.criteria {
         None => Ok(true),
-        Some(text) => criteria::holds(row.type_oid(), &message.table_alias, text, row.composite()),
+        Some(text) => Spi::connect(|_| {
+            criteria::holds(row.type_oid(), &message.table_alias, text, row.composite())
+        }),
     };
     Ok(match (message.evaluate, old_row) {
         (Evaluate::Created, Some(_)) => false,
@@ -159,14 +255,12 @@ fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::err
     })
 }
 
-/// Renders `row` for a message and queues it; returns the queue id.
-fn enqueue_row(
-    client: &mut SpiClient,
-    message_id: i64,
+/// The record Id and rendered fields of `row`.
+fn render(
     key_column: &str,
     fields: &[String],
     row: &Row,
-) -> crate::error::Result<i64> {
+) -> crate::error::Result<(String, String)> {
     let key = row.value(key_column)?.ok_or_else(|| {
         Error::new(
             Kind::Internal,
@@ -178,7 +272,7 @@ fn enqueue_row(
         values.push((field.as_str(), row.value(field)?));
     }
     let payload = soap::render_fields(&key, values.iter().map(|(n, v)| (*n, v.as_deref())));
-    queue::enqueue(client, message_id, &key, &payload)
+    Ok((key, payload))
 }
 
 /// Queues a notification of a message for the row whose primary key is `key`, as a procedure,
@@ -228,14 +322,12 @@ fn send(
             Row::new(*(*table).vals, (*table).tupdesc)
         };
         // Rendered from the row before the INSERT replaces the SPI result.
-        let id = enqueue_row(
-            client,
-            message.message_id,
-            &message.key_column,
-            &fields,
-            &row,
-        )?;
-        Ok(salesforce_id(NOTIFICATION_PREFIX, id as u64))
+        let (record_id, payload) = render(&message.key_column, &fields, &row)?;
+        let group = queue::write_group(client, message.message_id, vec![record_id], vec![payload])?;
+        Ok(salesforce_id(
+            NOTIFICATION_PREFIX,
+            queue::notification_number(group, 0),
+        ))
     })
 }
 
@@ -332,7 +424,7 @@ mod tests {
         Spi::connect(|client| {
             client
                 .select(
-                    "SELECT payload FROM outbound_msg.notification ORDER BY id",
+                    "SELECT p FROM outbound_msg.queue, unnest(payloads) WITH ORDINALITY AS u(p, n) ORDER BY id, n",
                     None,
                     &[],
                 )
@@ -387,7 +479,10 @@ mod tests {
         )
         .unwrap();
         let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap();
-        assert_eq!(count("SELECT count(*) FROM outbound_msg.notification"), 3);
+        assert_eq!(
+            count("SELECT sum(cardinality(record_ids))::bigint FROM outbound_msg.queue"),
+            3
+        );
         assert_eq!(
             payloads()[0],
             "     <sf:Id>5</sf:Id>\n     <sf:b>AP8=</sf:b>\n     <sf:v>INF</sf:v>\n"
@@ -413,9 +508,11 @@ mod tests {
     }
 
     fn count() -> i64 {
-        Spi::get_one::<i64>("SELECT count(*) FROM outbound_msg.notification")
-            .unwrap()
-            .unwrap()
+        Spi::get_one::<i64>(
+            "SELECT coalesce(sum(cardinality(record_ids)), 0)::bigint FROM outbound_msg.queue",
+        )
+        .unwrap()
+        .unwrap()
     }
 
     #[pg_test]
@@ -503,7 +600,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM outbound_msg.notification").unwrap(),
+            Spi::get_one::<i64>(
+                "SELECT coalesce(sum(cardinality(record_ids)), 0)::bigint FROM outbound_msg.queue"
+            )
+            .unwrap(),
             Some(0)
         );
     }

@@ -12,10 +12,14 @@ use pgrx::spi::{quote_identifier, SpiClient};
 
 use crate::error::{Error, Kind, Result};
 use crate::sqltypes::{RegClass, RegRole};
-use crate::{certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
+use crate::{capture, certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
 
-/// Name of the row trigger that captures changes for every message of a table.
-pub const TRIGGER_NAME: &str = "outbound_msg_capture";
+/// The triggers of a table with messages: the row trigger that captures each change, and the
+/// statement trigger that writes what the statement captured. Name, level, function.
+const TRIGGERS: [(&str, &str, &str); 2] = [
+    ("outbound_msg_capture", "ROW", "outbound_msg.capture()"),
+    ("outbound_msg_flush", "STATEMENT", "outbound_msg.flush()"),
+];
 
 /// Field names the base `sObject` type already has.
 const RESERVED_FIELDS: [&str; 2] = ["Id", "fieldsToNull"];
@@ -168,7 +172,9 @@ fn alter_message(
             active: active.unwrap_or(current.active),
         };
         let checked = check(client, changed, Some(id), caller)?;
-        update(client, id, &checked)
+        update(client, id, &checked)?;
+        capture::definitions_changed();
+        Ok(())
     })
 }
 
@@ -193,12 +199,15 @@ fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), 
             .len();
         if left == 0 {
             let table = table_text(client, object.0)?;
-            let drop = format!(
-                "DROP TRIGGER IF EXISTS {} ON {table}",
-                quote_identifier(TRIGGER_NAME)
-            );
-            client.update(&drop, None, &[])?;
+            for (name, _, _) in TRIGGERS {
+                let drop = format!(
+                    "DROP TRIGGER IF EXISTS {} ON {table}",
+                    quote_identifier(name)
+                );
+                client.update(&drop, None, &[])?;
+            }
         }
+        capture::definitions_changed();
         Ok(())
     })
 }
@@ -228,6 +237,7 @@ fn set_active(
             None,
             &[stored.id.into(), active.into()],
         )?;
+        capture::definitions_changed();
         Ok(())
     })
 }
@@ -774,28 +784,27 @@ fn stored_values(checked: &Checked) -> Vec<pgrx::datum::DatumWithOid<'_>> {
     ]
 }
 
-/// Installs the table's capture trigger unless a previous message already did.
+/// Installs the table's triggers unless a previous message already did.
 fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
-    let present = client
-        .select(
-            "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
-            Some(1),
-            &[table.into(), TRIGGER_NAME.into()],
-        )?
-        .len()
-        == 1;
-    if !present {
-        // `table` is regclass output: already quoted and qualified as needed.
-        client.update(
-            &format!(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {table}
-                   FOR EACH ROW EXECUTE FUNCTION outbound_msg.capture()",
-                quote_identifier(TRIGGER_NAME)
-            ),
-            None,
-            &[],
-        )?;
+    for (name, level, function) in TRIGGERS {
+        let present = client
+            .select(
+                "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
+                Some(1),
+                &[table.into(), name.into()],
+            )?
+            .len()
+            == 1;
+        if !present {
+            // `table` is regclass output: already quoted and qualified as needed.
+            let create = format!(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {table} FOR EACH {level} EXECUTE FUNCTION {function}",
+                quote_identifier(name)
+            );
+            client.update(&create, None, &[])?;
+        }
     }
+    capture::definitions_changed();
     Ok(())
 }
 
@@ -817,7 +826,8 @@ mod tests {
 
     fn triggers(table: &str) -> i64 {
         one(&format!(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass"
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass \
+             AND tgname = 'outbound_msg_capture'"
         ))
     }
 

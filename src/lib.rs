@@ -15,6 +15,7 @@ mod error;
 mod guc;
 mod http;
 mod ids;
+mod pending;
 mod queue;
 mod retry;
 mod roles;

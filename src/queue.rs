@@ -1,11 +1,13 @@
-//! The delivery queue, `outbound_msg.notification`, and its counters, `message_stats`: enqueue,
-//! claim under a lease, acknowledge, record a failure (backoff, expiry), retry, discard. Only
-//! this module writes them.
+//! The delivery queue, `outbound_msg.queue`, and its counters, `message_stats`: write a group
+//! of notifications, claim groups under a lease, acknowledge, record a failure (backoff,
+//! expiry), retry, discard. Only this module writes them.
 //!
-//! Delivery is at least once. A claim marks notifications `sending` and moves `next_attempt_at`
-//! to the end of the delivery's lease, in a short transaction that commits before any HTTP; the
-//! outcome is recorded in another. If the worker dies in between, the lease runs out and the
-//! notifications are claimed again, with the same ids.
+//! A queue row holds up to 100 notifications of one message, captured together and sent
+//! together; notification `n` of row `r` has the number `r * 100 + n`, its Id on every retry.
+//! Delivery is at least once. A claim marks groups `sending` and moves `next_attempt_at` to the
+//! end of the delivery's lease, in a short transaction that commits before any HTTP; the outcome
+//! is recorded in another. If the worker dies in between, the lease runs out and the groups are
+//! claimed again, with the same notification Ids.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,21 +18,29 @@ use pgrx::spi::SpiClient;
 use crate::error::Result;
 use crate::worker::wake;
 
-/// Queues one notification of `message_id` for the row whose key is `record_id`; returns its
-/// queue id.
-pub fn enqueue(
+/// Notifications a queue row holds at most, and the factor of notification numbers.
+pub const GROUP_LIMIT: i64 = 100;
+
+/// The number of notification `position` (from 0) of queue row `row`.
+pub fn notification_number(row: i64, position: usize) -> u64 {
+    (row * GROUP_LIMIT) as u64 + position as u64
+}
+
+/// Writes one group of notifications of `message_id` (at most [`GROUP_LIMIT`]); returns the
+/// queue row's id.
+pub fn write_group(
     client: &mut SpiClient,
     message_id: i64,
-    record_id: &str,
-    payload: &str,
+    record_ids: Vec<String>,
+    payloads: Vec<String>,
 ) -> Result<i64> {
     wake::after_commit();
     Ok(client
         .update(
-            "INSERT INTO outbound_msg.notification (message_id, record_id, payload)
+            "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
              VALUES ($1, $2, $3) RETURNING id",
             Some(1),
-            &[message_id.into(), record_id.into(), payload.into()],
+            &[message_id.into(), record_ids.into(), payloads.into()],
         )?
         .first()
         .get_one::<i64>()?
@@ -39,7 +49,7 @@ pub fn enqueue(
 
 /// Removes the queued notifications and counters of a message that is being dropped.
 pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<()> {
-    for table in ["notification", "message_stats"] {
+    for table in ["queue", "message_stats"] {
         client.update(
             &format!("DELETE FROM outbound_msg.{table} WHERE message_id = $1"),
             None,
@@ -56,26 +66,21 @@ pub struct Batch {
     pub endpoint_url: String,
     /// The table's name, the sObject type.
     pub object_type: String,
-    /// Queue ids and rendered fields, oldest first.
-    pub notifications: Vec<(i64, String)>,
-    /// Most attempts among its notifications, this one included.
+    /// Queue rows (groups) in it, oldest first.
+    pub rows: Vec<i64>,
+    /// Notification numbers and rendered fields, in order.
+    pub notifications: Vec<(u64, String)>,
+    /// Most attempts among its groups, this one included.
     pub attempts: u32,
     /// The client certificate its message presents, if any.
     pub client_certificate: Option<String>,
-}
-
-impl Batch {
-    /// Queue ids of the notifications in this batch.
-    pub fn ids(&self) -> Vec<i64> {
-        self.notifications.iter().map(|(id, _)| *id).collect()
-    }
 }
 
 /// How many notifications a claim may take, and from which messages.
 pub struct ClaimLimits<'a> {
     /// Most notifications in all.
     pub total: usize,
-    /// Most notifications of any one message not listed in `per_message`.
+    /// Most notifications of any one message not listed in `reduced`.
     pub per_message: usize,
     /// Messages with a smaller allowance (some of their batches are in flight); 0 excludes.
     pub reduced: &'a [(i64, usize)],
@@ -84,8 +89,8 @@ pub struct ClaimLimits<'a> {
     pub lease: Duration,
 }
 
-/// Claims due notifications, oldest first, within `limits`, and groups them into batches of
-/// one message each. Rows another session holds locked are skipped.
+/// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
+/// notification is within them), and packs them into batches of one message each.
 pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
     let excluded: Vec<i64> = limits
         .reduced
@@ -93,43 +98,48 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
         .filter(|(_, n)| *n == 0)
         .map(|(m, _)| *m)
         .collect();
-    let (reduced_ids, reduced_rows): (Vec<i64>, Vec<i32>) =
-        limits.reduced.iter().map(|(m, n)| (*m, *n as i32)).unzip();
+    let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
+        limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
         let rows = client.update(
             "WITH scan AS (
-                 SELECT id, message_id, next_attempt_at FROM outbound_msg.notification
+                 SELECT id, message_id, next_attempt_at, cardinality(record_ids) AS size
+                   FROM outbound_msg.queue
                   WHERE next_attempt_at <= now() AND state <> 'expired'
                     AND message_id <> ALL ($2)
                   ORDER BY next_attempt_at, id
                   LIMIT $1),
-             ranked AS (
-                 SELECT id, message_id,
-                        row_number() OVER (PARTITION BY message_id ORDER BY next_attempt_at, id) AS rank
+             running AS (
+                 SELECT id, message_id, size,
+                        sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
+                            AS message_total,
+                        sum(size) OVER (ORDER BY next_attempt_at, id) AS total
                    FROM scan),
              allowed AS (
-                 SELECT r.id FROM ranked r
-                  WHERE r.rank <= coalesce((SELECT p.rows FROM unnest($3::bigint[], $4::int[])
-                                                 AS p(message_id, rows)
-                                             WHERE p.message_id = r.message_id), $5)),
+                 SELECT r.id FROM running r
+                  WHERE r.total - r.size < $1
+                    AND r.message_total - r.size
+                        < coalesce((SELECT p.n FROM unnest($3::bigint[], $4::bigint[])
+                                                 AS p(message_id, n)
+                                     WHERE p.message_id = r.message_id), $5)),
              locked AS (
-                 SELECT n.id FROM outbound_msg.notification n JOIN allowed a ON a.id = n.id
-                    FOR UPDATE OF n SKIP LOCKED)
-             UPDATE outbound_msg.notification n
-                SET attempts = n.attempts + 1,
+                 SELECT q.id FROM outbound_msg.queue q JOIN allowed a ON a.id = q.id
+                    FOR UPDATE OF q SKIP LOCKED)
+             UPDATE outbound_msg.queue q
+                SET attempts = q.attempts + 1,
                     last_attempt_at = now(),
                     state = 'sending',
                     next_attempt_at = now() + make_interval(secs => $6)
                FROM locked, outbound_msg.message m, pg_catalog.pg_class c
-              WHERE n.id = locked.id AND m.id = n.message_id AND c.oid = m.object
-             RETURNING n.id, n.message_id, n.payload, n.attempts, m.endpoint_url, c.relname::text,
-                       m.client_certificate",
+              WHERE q.id = locked.id AND m.id = q.message_id AND c.oid = m.object
+             RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
+                       c.relname::text, m.client_certificate",
             None,
             &[
                 (limits.total as i64).into(),
                 excluded.into(),
                 reduced_ids.into(),
-                reduced_rows.into(),
+                reduced_counts.into(),
                 (limits.per_message as i64).into(),
                 limits.lease.as_secs_f64().into(),
             ],
@@ -139,7 +149,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
             claimed.push(Claimed {
                 id: row.get(1)?.unwrap_or_default(),
                 message_id: row.get(2)?.unwrap_or_default(),
-                payload: row.get(3)?.unwrap_or_default(),
+                payloads: row.get(3)?.unwrap_or_default(),
                 attempts: row.get::<i32>(4)?.unwrap_or(1).max(1) as u32,
                 endpoint_url: row.get(5)?.unwrap_or_default(),
                 object_type: row.get(6)?.unwrap_or_default(),
@@ -150,25 +160,25 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
     })
 }
 
-/// Time until the earliest notification is due (zero if one is due now), `None` when nothing
-/// waits.
+/// Time until the earliest group is due (zero if one is due now), `None` when nothing waits.
 pub fn next_due() -> Result<Option<Duration>> {
     let seconds = Spi::get_one::<f64>(
         "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - clock_timestamp()))::float8
-           FROM outbound_msg.notification WHERE state <> 'expired'",
+           FROM outbound_msg.queue WHERE state <> 'expired'",
     )?;
     Ok(seconds.map(Duration::from_secs_f64))
 }
 
-/// Removes acknowledged notifications from the queue and counts them as delivered.
-pub fn acknowledge(message_id: i64, ids: &[i64]) -> Result<()> {
+/// Removes acknowledged groups from the queue and counts their notifications as delivered.
+pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
     Spi::connect_mut(|client| {
         client.update(
             "WITH gone AS (
-                 DELETE FROM outbound_msg.notification WHERE id = ANY ($1) RETURNING created_at)
+                 DELETE FROM outbound_msg.queue WHERE id = ANY ($1)
+                 RETURNING created_at, cardinality(record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s
                     (message_id, delivered, last_success, latency_total, last_latency)
-             SELECT $2, count(*), now(), sum(now() - created_at), max(now() - created_at)
+             SELECT $2, sum(size), now(), sum((now() - created_at) * size), max(now() - created_at)
                FROM gone
              HAVING count(*) > 0
                 AND EXISTS (SELECT 1 FROM outbound_msg.message WHERE id = $2)
@@ -178,18 +188,18 @@ pub fn acknowledge(message_id: i64, ids: &[i64]) -> Result<()> {
                     latency_total = s.latency_total + excluded.latency_total,
                     last_latency = excluded.last_latency",
             None,
-            &[ids.to_vec().into(), message_id.into()],
+            &[rows.to_vec().into(), message_id.into()],
         )?;
         Ok(())
     })
 }
 
 /// Records a failed delivery: the reason, and when to try again, at most `max_age` after the
-/// notification's capture (or last administrative retry). Past that it is expired: kept with
-/// its last error, never tried again unless retried by an administrator.
+/// group's capture (or last administrative retry). Past that it is expired: kept with its last
+/// error, never tried again unless retried by an administrator.
 pub fn record_failure(
     message_id: i64,
-    ids: &[i64],
+    rows: &[i64],
     reason: &str,
     retry_in: Duration,
     max_age: Duration,
@@ -197,19 +207,19 @@ pub fn record_failure(
     Spi::connect_mut(|client| {
         client.update(
             "WITH failed AS (
-                 UPDATE outbound_msg.notification n
+                 UPDATE outbound_msg.queue q
                     SET last_error = $2,
-                        state = CASE WHEN now() >= coalesce(n.retried_at, n.created_at) + $4
+                        state = CASE WHEN now() >= coalesce(q.retried_at, q.created_at) + $4
                                      THEN 'expired' ELSE 'retrying' END,
                         next_attempt_at =
-                            CASE WHEN now() >= coalesce(n.retried_at, n.created_at) + $4
+                            CASE WHEN now() >= coalesce(q.retried_at, q.created_at) + $4
                                  THEN 'infinity'
-                                 ELSE least(now() + $3, coalesce(n.retried_at, n.created_at) + $4)
+                                 ELSE least(now() + $3, coalesce(q.retried_at, q.created_at) + $4)
                             END
-                  WHERE n.id = ANY ($1)
-                 RETURNING n.id)
+                  WHERE q.id = ANY ($1)
+                 RETURNING cardinality(q.record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s (message_id, failed_attempts, last_failure)
-             SELECT $5, count(*), now() FROM failed
+             SELECT $5, sum(size), now() FROM failed
              HAVING count(*) > 0
                 AND EXISTS (SELECT 1 FROM outbound_msg.message WHERE id = $5)
              ON CONFLICT (message_id) DO UPDATE
@@ -217,7 +227,7 @@ pub fn record_failure(
                     last_failure = excluded.last_failure",
             None,
             &[
-                ids.to_vec().into(),
+                rows.to_vec().into(),
                 reason.into(),
                 interval(retry_in).into(),
                 interval(max_age).into(),
@@ -236,8 +246,8 @@ fn interval(duration: Duration) -> pgrx::datum::Interval {
 /// Which notifications an administrator acts on.
 #[derive(Debug, Clone, Copy)]
 pub enum Selection {
-    /// One notification, by queue id.
-    One(i64),
+    /// One notification, by its number.
+    One(u64),
     /// Every notification of a message.
     Message(i64),
     /// Every expired notification.
@@ -245,31 +255,46 @@ pub enum Selection {
 }
 
 impl Selection {
-    fn condition(self) -> (&'static str, Option<i64>) {
+    /// The queue rows selected, as a condition on `id`, `message_id` and `state`, and `$1`.
+    fn rows(self) -> (&'static str, Option<i64>) {
         match self {
-            Selection::One(id) => ("id = $1", Some(id)),
+            Selection::One(number) => ("id = $1", Some(number as i64 / GROUP_LIMIT)),
             Selection::Message(id) => ("message_id = $1", Some(id)),
             Selection::Expired => ("state = 'expired' AND $1::bigint IS NULL", None),
         }
     }
 }
 
-/// Makes the selected notifications due now, with a fresh `max_age`; notifications in flight
-/// are left to their delivery. Returns how many were rescheduled.
+/// Whether notification number `number` is queued.
+pub fn notification_exists(client: &SpiClient, number: u64) -> Result<bool> {
+    let (row, position) = (number as i64 / GROUP_LIMIT, number as i64 % GROUP_LIMIT);
+    Ok(client
+        .select(
+            "SELECT 1 FROM outbound_msg.queue WHERE id = $1 AND cardinality(record_ids) > $2",
+            Some(1),
+            &[row.into(), position.into()],
+        )?
+        .len()
+        == 1)
+}
+
+/// Makes the selected notifications due now, with a fresh `max_age` (a single notification is
+/// retried with its group, which is sent together); groups in flight are left to their
+/// delivery. Returns how many notifications were rescheduled.
 pub fn retry(client: &mut SpiClient, selection: Selection) -> Result<i64> {
     wake::after_commit();
-    let (condition, arg) = selection.condition();
+    let (condition, arg) = selection.rows();
     Ok(client
         .update(
             &format!(
                 "WITH retried AS (
-                     UPDATE outbound_msg.notification
+                     UPDATE outbound_msg.queue
                         SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'retrying' END,
                             next_attempt_at = now(), retried_at = now()
                       WHERE {condition}
                         AND NOT (state = 'sending' AND next_attempt_at > now())
-                     RETURNING 1)
-                 SELECT count(*) FROM retried"
+                     RETURNING cardinality(record_ids) AS size)
+                 SELECT coalesce(sum(size), 0)::bigint FROM retried"
             ),
             Some(1),
             &[arg.into()],
@@ -281,13 +306,17 @@ pub fn retry(client: &mut SpiClient, selection: Selection) -> Result<i64> {
 
 /// Deletes the selected notifications without sending them. Returns how many.
 pub fn discard(client: &mut SpiClient, selection: Selection) -> Result<i64> {
-    let (condition, arg) = selection.condition();
+    if let Selection::One(number) = selection {
+        return discard_one(client, number);
+    }
+    let (condition, arg) = selection.rows();
     Ok(client
         .update(
             &format!(
                 "WITH discarded AS (
-                     DELETE FROM outbound_msg.notification WHERE {condition} RETURNING 1)
-                 SELECT count(*) FROM discarded"
+                     DELETE FROM outbound_msg.queue WHERE {condition}
+                     RETURNING cardinality(record_ids) AS size)
+                 SELECT coalesce(sum(size), 0)::bigint FROM discarded"
             ),
             Some(1),
             &[arg.into()],
@@ -297,11 +326,40 @@ pub fn discard(client: &mut SpiClient, selection: Selection) -> Result<i64> {
         .unwrap_or(0))
 }
 
+/// Removes one notification from its group (the group goes when it was the last one).
+fn discard_one(client: &mut SpiClient, number: u64) -> Result<i64> {
+    let (row, position) = (number as i64 / GROUP_LIMIT, number as i64 % GROUP_LIMIT + 1);
+    let removed = client
+        .update(
+            "UPDATE outbound_msg.queue
+                SET record_ids = record_ids[:$2 - 1] || record_ids[$2 + 1:],
+                    payloads = payloads[:$2 - 1] || payloads[$2 + 1:]
+              WHERE id = $1 AND cardinality(record_ids) >= $2
+             RETURNING cardinality(record_ids)",
+            Some(1),
+            &[row.into(), (position as i32).into()],
+        )?
+        .first()
+        .get_one::<i32>();
+    match removed {
+        Ok(Some(0)) => {
+            client.update(
+                "DELETE FROM outbound_msg.queue WHERE id = $1",
+                None,
+                &[row.into()],
+            )?;
+            Ok(1)
+        }
+        Ok(Some(_)) => Ok(1),
+        _ => Ok(0),
+    }
+}
+
 /// One claimed queue row with what its delivery needs.
 struct Claimed {
     id: i64,
     message_id: i64,
-    payload: String,
+    payloads: Vec<String>,
     attempts: u32,
     endpoint_url: String,
     object_type: String,
@@ -309,29 +367,35 @@ struct Claimed {
 }
 
 /// Groups claimed rows by message, each message's rows in queue order (`UPDATE ... RETURNING`
-/// returns them in no particular order), and cuts each group into batches of at most
-/// `batch_size`.
+/// returns them in no particular order), and packs them whole into batches of at most
+/// `batch_size` notifications (a larger group travels alone).
 fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
     claimed.sort_unstable_by_key(|row| row.id);
     let mut by_message: BTreeMap<i64, Vec<Batch>> = BTreeMap::new();
     for row in claimed {
         let batches = by_message.entry(row.message_id).or_default();
-        if batches
+        let fits = batches
             .last()
-            .is_none_or(|b| b.notifications.len() >= batch_size)
-        {
+            .is_some_and(|b| b.notifications.len() + row.payloads.len() <= batch_size);
+        if !fits {
             batches.push(Batch {
                 message_id: row.message_id,
                 endpoint_url: row.endpoint_url,
                 object_type: row.object_type,
+                rows: Vec::new(),
                 notifications: Vec::with_capacity(batch_size),
                 attempts: 0,
-                client_certificate: row.client_certificate.clone(),
+                client_certificate: row.client_certificate,
             });
         }
         if let Some(batch) = batches.last_mut() {
-            batch.notifications.push((row.id, row.payload));
+            batch.rows.push(row.id);
             batch.attempts = batch.attempts.max(row.attempts);
+            for (position, payload) in row.payloads.into_iter().enumerate() {
+                batch
+                    .notifications
+                    .push((notification_number(row.id, position), payload));
+            }
         }
     }
     by_message.into_values().flatten().collect()
@@ -341,11 +405,11 @@ fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
 mod tests {
     use super::*;
 
-    fn row(id: i64, message_id: i64, attempts: u32) -> Claimed {
+    fn row(id: i64, message_id: i64, size: usize, attempts: u32) -> Claimed {
         Claimed {
             id,
             message_id,
-            payload: format!("p{id}"),
+            payloads: (0..size).map(|i| format!("p{id}.{i}")).collect(),
             attempts,
             endpoint_url: format!("http://e{message_id}/"),
             object_type: "t".into(),
@@ -354,23 +418,48 @@ mod tests {
     }
 
     #[test]
-    fn batches_hold_one_message_each_and_respect_the_size() {
+    fn groups_are_packed_whole_per_message_in_queue_order() {
         let claimed = vec![
-            row(4, 7, 1),
-            row(2, 8, 1),
-            row(3, 7, 3),
-            row(1, 7, 1),
-            row(5, 8, 2),
+            row(4, 7, 1, 1),
+            row(2, 8, 2, 1),
+            row(3, 7, 2, 3),
+            row(1, 7, 1, 1),
         ];
-        let batches = into_batches(claimed, 2);
-        let shape: Vec<(i64, Vec<i64>, u32)> = batches
+        let batches = into_batches(claimed, 3);
+        let shape: Vec<(i64, Vec<i64>, usize, u32)> = batches
             .iter()
-            .map(|b| (b.message_id, b.ids(), b.attempts))
+            .map(|b| {
+                (
+                    b.message_id,
+                    b.rows.clone(),
+                    b.notifications.len(),
+                    b.attempts,
+                )
+            })
             .collect();
         assert_eq!(
             shape,
-            vec![(7, vec![1, 3], 3), (7, vec![4], 1), (8, vec![2, 5], 2)]
+            vec![
+                (7, vec![1, 3], 3, 3),
+                (7, vec![4], 1, 1),
+                (8, vec![2], 2, 1)
+            ]
         );
+        assert_eq!(batches[0].notifications[1], (300, "p3.0".to_string()));
         assert_eq!(batches[2].endpoint_url, "http://e8/");
+    }
+
+    #[test]
+    fn a_group_larger_than_the_batch_size_travels_alone() {
+        let batches = into_batches(vec![row(1, 7, 5, 1), row(2, 7, 1, 1)], 2);
+        let sizes: Vec<usize> = batches.iter().map(|b| b.notifications.len()).collect();
+        assert_eq!(sizes, vec![5, 1]);
+    }
+
+    #[test]
+    fn notification_numbers_encode_row_and_position() {
+        assert_eq!(notification_number(0, 0), 0);
+        assert_eq!(notification_number(42, 7), 4207);
+        assert_eq!(notification_number(42, 99), 4299);
     }
 }

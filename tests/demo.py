@@ -49,7 +49,7 @@ def main():
             print(f"\npostgres=# {' '.join(sql.split())};")
             db.execute(sql)
 
-        queued = "SELECT count(*) FROM outbound_msg.notification"
+        queued = "SELECT count(*) FROM outbound_msg.queue"
         wait_for(lambda: db.execute(queued).fetchone()[0] == 0 and
                  len(listener.notifications()) >= 3, what="the deliveries")
 
@@ -66,8 +66,8 @@ def main():
             "SELECT object, unique_name, endpoint_url, array_to_string(fields, ', '), evaluate "
             "FROM outbound_msg.message"
         ).fetchall(), ["object", "unique_name", "endpoint_url", "fields", "evaluate"])
-        show("queue state: outbound_msg.notification (empty: everything was acknowledged)",
-             db.execute("SELECT count(*) FROM outbound_msg.notification").fetchall(), ["queued"])
+        show("queue state: outbound_msg.queue (empty: everything was acknowledged)",
+             db.execute("SELECT count(*) FROM outbound_msg.queue").fetchall(), ["queued"])
         db.close()
     finally:
         cluster.stop()

@@ -260,7 +260,7 @@ struct HeaderValues {
 fn refusal(batch: &Batch, reason: String) -> Done {
     Done {
         message_id: batch.message_id,
-        ids: batch.ids(),
+        ids: batch.rows.clone(),
         attempts: batch.attempts,
         outcome: Err(reason),
     }
@@ -295,7 +295,7 @@ fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identi
     let ids: Vec<String> = batch
         .notifications
         .iter()
-        .map(|(id, _)| salesforce_id(NOTIFICATION_PREFIX, *id as u64))
+        .map(|(number, _)| salesforce_id(NOTIFICATION_PREFIX, *number))
         .collect();
     let notifications: Vec<Notification> = ids
         .iter()
@@ -305,7 +305,7 @@ fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identi
     let body = soap::write_envelope(&header, &batch.object_type, &notifications);
     Job {
         message_id: batch.message_id,
-        ids: batch.ids(),
+        ids: batch.rows,
         attempts: batch.attempts,
         url: batch.endpoint_url,
         body,

@@ -193,13 +193,13 @@ def test_disabled_message_captures_nothing_until_enabled(db, acct):
     db.execute("SELECT outbound_msg.disable_message('acct', 'Toggle')")
     with db.transaction():
         db.execute("INSERT INTO acct (id, name) VALUES (1, 'off')")
-        assert db.execute("SELECT count(*) FROM outbound_msg.notification WHERE message_id = %s",
+        assert db.execute("SELECT count(*) FROM outbound_msg.queue WHERE message_id = %s",
                           (message_id,)).fetchone()[0] == 0
         db.execute("SELECT outbound_msg.enable_message('acct', 'Toggle')")
         db.execute("INSERT INTO acct (id, name) VALUES (2, 'on')")
-        assert db.execute("SELECT record_id FROM outbound_msg.notification "
-                          "WHERE message_id = %s", (message_id,)).fetchall() == [("2",)]
-        db.execute("DELETE FROM outbound_msg.notification WHERE message_id = %s", (message_id,))
+        assert db.execute("SELECT record_ids FROM outbound_msg.queue "
+                          "WHERE message_id = %s", (message_id,)).fetchall() == [(["2"],)]
+        db.execute("DELETE FROM outbound_msg.queue WHERE message_id = %s", (message_id,))
 
 
 def test_send_on_an_inactive_message_or_an_unknown_key_is_refused(db, acct):
@@ -249,7 +249,7 @@ def test_dropping_a_table_drops_its_messages_and_their_queue(db, acct):
     db.execute("DROP TABLE acct")
     assert db.execute("SELECT count(*) FROM outbound_msg.message WHERE id = %s",
                       (message_id,)).fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM outbound_msg.notification WHERE message_id = %s",
+    assert db.execute("SELECT count(*) FROM outbound_msg.queue WHERE message_id = %s",
                       (message_id,)).fetchone()[0] == 0
 
 

@@ -14,7 +14,7 @@ def define(db, table, fields, url, unique_name="Notify"):
 
 
 def queued(db, message_id):
-    return db.execute("SELECT count(*) FROM outbound_msg.notification WHERE message_id = %s",
+    return db.execute("SELECT count(*) FROM outbound_msg.queue WHERE message_id = %s",
                       (message_id,)).fetchone()[0]
 
 
@@ -112,7 +112,7 @@ def test_unacknowledged_notification_stays_queued_and_is_retried_with_the_same_i
     db.execute("INSERT INTO invoice VALUES (1, 100)")
 
     failed = wait_for(lambda: db.execute(
-        "SELECT attempts, last_error FROM outbound_msg.notification "
+        "SELECT attempts, last_error FROM outbound_msg.queue "
         "WHERE message_id = %s AND last_error IS NOT NULL", (message_id,)).fetchone(),
         what="the nack to be recorded")
     assert failed == (1, "SOAP response was a nack")
@@ -141,7 +141,7 @@ def test_a_failing_listener_does_not_hold_back_another_message(db, listener):
         db.execute("INSERT INTO order_line VALUES (1, 5)")
         wait_for(lambda: queued(db, good_id) == 0, what="the good listener's delivery")
         error = wait_for(lambda: db.execute(
-            "SELECT last_error FROM outbound_msg.notification WHERE message_id = %s",
+            "SELECT last_error FROM outbound_msg.queue WHERE message_id = %s",
             (bad_id,)).fetchone(), what="the failure to be recorded")
         assert error == ("HTTP 500 Internal Server Error",)
         assert [n["fields"]["qty"] for n in listener.notifications()] == ["5"]

@@ -124,9 +124,9 @@ def test_past_max_age_a_notification_expires_and_can_be_retried(db, table, liste
     # Another failing notification retries several times while the expired one stays put.
     db.execute("INSERT INTO engine_t VALUES (2, 'two')")
     wait_for(lambda: db.execute(
-        "SELECT attempts >= 3 FROM outbound_msg.notification WHERE record_id = '2'"
+        "SELECT attempts >= 3 FROM outbound_msg.queue WHERE record_ids = '{2}'"
         " AND message_id = %s", (message_id,)).fetchone()[0], what="the other one's retries")
-    assert db.execute("SELECT attempts FROM outbound_msg.notification WHERE record_id = '1' "
+    assert db.execute("SELECT attempts FROM outbound_msg.queue WHERE record_ids = '{1}' "
                       "AND message_id = %s", (message_id,)).fetchone() == (attempts,)
 
     # An administrator sends it again, to a listener that now works.

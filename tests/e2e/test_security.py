@@ -45,7 +45,7 @@ def define(db, url, send_as, fields, unique_name="Ledger"):
 
 def delivered(listener, db, count):
     wait_for(lambda: len(listener.notifications()) >= count and db.execute(
-        "SELECT count(*) FROM outbound_msg.notification n JOIN outbound_msg.message m "
+        "SELECT count(*) FROM outbound_msg.queue n JOIN outbound_msg.message m "
         "ON m.id = n.message_id WHERE m.object = 'ledger'::regclass").fetchone()[0] == 0,
         what=f"{count} deliveries and an empty queue")
     return {n["fields"]["Id"]: n["fields"] for n in listener.notifications()}
@@ -125,8 +125,8 @@ def test_no_one_else_can_forge_queue_rows_or_reuse_the_trigger(cluster, db, secu
     with cluster.connect(user="sec_user") as user:
         user.execute("CREATE TEMP TABLE mine (id int PRIMARY KEY)")
         for sql in [
-            "INSERT INTO outbound_msg.notification (message_id, record_id, payload) "
-            "VALUES (1, '1', '<sf:Id>1</sf:Id>')",
+            "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads) "
+            "VALUES (1, '{1}', '{<sf:Id>1</sf:Id>}')",
             "UPDATE outbound_msg.message SET endpoint_url = 'http://evil.example/'",
             "SELECT * FROM outbound_msg.message_stats",
             "CREATE TRIGGER steal AFTER INSERT ON mine "
@@ -189,13 +189,13 @@ def test_allowed_endpoints_is_checked_again_before_each_send(db, plain, listener
         # The worker applies the reload at its next wake: insert until a row is refused.
         db.execute("INSERT INTO plain VALUES ((SELECT coalesce(max(id), 0) + 1 FROM plain), 'x')")
         return wait_for(lambda: db.execute(
-            "SELECT last_error FROM outbound_msg.notification WHERE message_id = %s "
+            "SELECT last_error FROM outbound_msg.queue WHERE message_id = %s "
             "ORDER BY id DESC LIMIT 1", (message_id,)).fetchone() or listener.requests or [None],
             what="an outcome")[0] == refused
 
     before = len(listener.requests)
     wait_for(refused_after_reload, timeout=30, what="a send refused by the allow-list")
-    rows = db.execute("SELECT count(*) FROM outbound_msg.notification WHERE message_id = %s "
+    rows = db.execute("SELECT count(*) FROM outbound_msg.queue WHERE message_id = %s "
                       "AND last_error = %s", (message_id, refused)).fetchone()[0]
     assert rows >= 1
     assert len(listener.requests) <= before + rows
@@ -229,11 +229,11 @@ def test_passwords_never_show_in_errors_views_wsdl_or_the_server_log(cluster, db
             assert rows and all(secret not in r[0] for r in rows)
         wsdl = db.execute("SELECT outbound_msg.wsdl('plain', 'Plain')").fetchone()[0]
         assert secret not in wsdl and "svc:********@127.0.0.1:9" in wsdl
-        wait_for(lambda: db.execute("SELECT last_error FROM outbound_msg.notification n JOIN "
+        wait_for(lambda: db.execute("SELECT last_error FROM outbound_msg.queue n JOIN "
                                     "outbound_msg.message m ON m.id = n.message_id "
                                     "WHERE m.object = 'plain'::regclass").fetchone()[0],
                  what="a failed attempt")
-        errors = db.execute("SELECT last_error FROM outbound_msg.notification").fetchall()
+        errors = db.execute("SELECT last_error FROM outbound_msg.queue").fetchall()
         assert all(secret not in (e[0] or "") for e in errors)
         db.execute("SELECT 1 /* marker: log written */")
         wait_for(lambda: "marker: log written" in cluster.log(), what="the server log")

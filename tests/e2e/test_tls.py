@@ -56,7 +56,7 @@ def send_one(db, url, **options):
 
 def failure(db, message_id):
     return wait_for(lambda: db.execute(
-        "SELECT last_error FROM outbound_msg.notification WHERE message_id = %s", (message_id,)
+        "SELECT last_error FROM outbound_msg.queue WHERE message_id = %s", (message_id,)
     ).fetchone() or [None], what="a recorded failure")[0]
 
 

@@ -128,7 +128,7 @@ def test_a_standby_sends_nothing_until_promoted(cluster, db, listener):
     dead.stop()  # nothing listens there: the notification stays queued on the primary
     serve(db, dead_url, "replicated")
     db.execute("INSERT INTO replicated VALUES (1, 'queued before the base backup')")
-    wait_for(lambda: db.execute("SELECT attempts > 0 FROM outbound_msg.notification n "
+    wait_for(lambda: db.execute("SELECT attempts > 0 FROM outbound_msg.queue n "
                                 "JOIN outbound_msg.message m ON m.id = n.message_id "
                                 "WHERE m.object = 'replicated'::regclass").fetchone(),
              what="a failed attempt on the primary")
