@@ -51,10 +51,69 @@ fn flush<'a>(
 /// A message of a table with what this statement may send of it.
 struct Prepared {
     message: Capture,
-    /// Fields the send-as role may read now; `None` when it may not read the key.
-    fields: Option<Vec<String>>,
+    /// How to render rows of the trigger's table; `None` when the send-as role may not read
+    /// the key, so nothing can be sent.
+    plan: Option<RowPlan>,
     /// Whether its row-level security policies filter the rows.
     row_security: bool,
+}
+
+/// Where the key and each readable field sit in a table's rows, and how they are encoded.
+struct RowPlan {
+    key: Column,
+    fields: Vec<Column>,
+}
+
+struct Column {
+    name: String,
+    attno: NonZeroUsize,
+    encoder: wire::Encoder,
+}
+
+impl RowPlan {
+    /// The plan for rows described by `desc` (a partition's columns may sit elsewhere than
+    /// its parent's), or `None` when a column no longer exists.
+    fn new(desc: &PgTupleDesc, key_column: &str, fields: &[String]) -> Option<RowPlan> {
+        let column = |name: &str| {
+            let (index, attribute) = desc
+                .iter()
+                .enumerate()
+                .find(|(_, a)| !a.is_dropped() && a.name() == name)?;
+            Some(Column {
+                name: name.to_string(),
+                attno: NonZeroUsize::new(index + 1)?,
+                encoder: wire::Encoder::for_type(attribute.type_oid().value()),
+            })
+        };
+        Some(RowPlan {
+            key: column(key_column)?,
+            fields: fields.iter().map(|f| column(f)).collect::<Option<_>>()?,
+        })
+    }
+
+    /// The record Id and rendered fields of `row`.
+    fn render(&self, row: &Row) -> crate::error::Result<(String, String)> {
+        let key = row
+            .datum(&self.key)
+            // SAFETY: a non-NULL datum of the key column's type.
+            .and_then(|datum| unsafe { self.key.encoder.text(datum) })
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Internal,
+                    format!("primary key column \"{}\" has no value", self.key.name),
+                )
+            })?;
+        let mut fields = soap::Fields::new(&key);
+        for column in &self.fields {
+            if let Some(datum) = row.datum(column) {
+                // SAFETY: a non-NULL datum of the column's type.
+                fields.add(&column.name, |out| unsafe {
+                    column.encoder.write(datum, out, true)
+                });
+            }
+        }
+        Ok((key, fields.finish()))
+    }
 }
 
 /// Which statement the cached definitions belong to.
@@ -103,8 +162,9 @@ fn current_epoch() -> Epoch {
     }
 }
 
-/// The active messages of table `relid` (or its partition ancestors), for this statement.
-fn prepared(relid: pg_sys::Oid) -> crate::error::Result<Rc<Vec<Prepared>>> {
+/// The active messages of table `relid` (or its partition ancestors), for this statement;
+/// `desc` describes `relid`'s rows.
+fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<Vec<Prepared>>> {
     let epoch = current_epoch();
     let cached = CACHE.with_borrow_mut(|(cached_epoch, tables)| {
         if *cached_epoch != Some(epoch) {
@@ -120,12 +180,13 @@ fn prepared(relid: pg_sys::Oid) -> crate::error::Result<Rc<Vec<Prepared>>> {
     let prepared: Vec<Prepared> = messages
         .into_iter()
         .map(|message| Prepared {
-            fields: readable_fields(
+            plan: readable_fields(
                 message.send_as,
                 message.object,
                 &message.key_column,
                 &message.fields,
-            ),
+            )
+            .and_then(|fields| RowPlan::new(desc, &message.key_column, &fields)),
             row_security: roles::row_security_applies(message.send_as, message.object),
             message,
         })
@@ -171,8 +232,8 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
             (Row::new(data.tg_trigtuple, desc), None)
         }
     };
-    for prepared in prepared(relid)?.iter() {
-        let Some(fields) = &prepared.fields else {
+    for prepared in prepared(relid, &new_row.desc)?.iter() {
+        let Some(plan) = &prepared.plan else {
             continue;
         };
         let message = &prepared.message;
@@ -184,7 +245,7 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
         {
             continue;
         }
-        let (key, payload) = render(&message.key_column, fields, &new_row)?;
+        let (key, payload) = plan.render(&new_row)?;
         pending::add(message.message_id, key, payload)?;
     }
     Ok(())
@@ -255,26 +316,6 @@ fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::err
     })
 }
 
-/// The record Id and rendered fields of `row`.
-fn render(
-    key_column: &str,
-    fields: &[String],
-    row: &Row,
-) -> crate::error::Result<(String, String)> {
-    let key = row.value(key_column)?.ok_or_else(|| {
-        Error::new(
-            Kind::Internal,
-            format!("primary key column \"{key_column}\" has no value"),
-        )
-    })?;
-    let mut values = Vec::with_capacity(fields.len());
-    for field in fields {
-        values.push((field.as_str(), row.value(field)?));
-    }
-    let payload = soap::render_fields(&key, values.iter().map(|(n, v)| (*n, v.as_deref())));
-    Ok((key, payload))
-}
-
 /// Queues a notification of a message for the row whose primary key is `key`, as a procedure,
 /// flow or approval step would call the action. The row is read with the send-as role's
 /// privileges; the message's evaluation criteria do not apply. Returns the notification's Id.
@@ -322,7 +363,9 @@ fn send(
             Row::new(*(*table).vals, (*table).tupdesc)
         };
         // Rendered from the row before the INSERT replaces the SPI result.
-        let (record_id, payload) = render(&message.key_column, &fields, &row)?;
+        let plan = RowPlan::new(&row.desc, &message.key_column, &fields)
+            .ok_or_else(|| Error::new(Kind::Internal, "the row read for send() lacks a column"))?;
+        let (record_id, payload) = plan.render(&row)?;
         let group = queue::write_group(client, message.message_id, vec![record_id], vec![payload])?;
         Ok(salesforce_id(
             NOTIFICATION_PREFIX,
@@ -366,15 +409,6 @@ impl Row<'_> {
         }
     }
 
-    /// The wire text of column `name`, `None` when NULL or not representable.
-    fn value(&self, name: &str) -> crate::error::Result<Option<String>> {
-        let (attno, typoid) = self.attribute(name)?;
-        // SAFETY: `tuple` is described by `desc`.
-        let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
-        // SAFETY: a non-NULL datum of the attribute's own type.
-        Ok(datum.and_then(|datum| unsafe { wire::wire_text(datum, typoid) }))
-    }
-
     /// Attribute number and type of column `name`.
     fn attribute(&self, name: &str) -> crate::error::Result<(NonZeroUsize, pg_sys::Oid)> {
         let (index, attribute) = self
@@ -401,6 +435,12 @@ impl Row<'_> {
         let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
         // SAFETY: a non-NULL datum of the attribute's own type.
         Ok(datum.map(|datum| unsafe { wire::output_text(datum, typoid) }))
+    }
+
+    /// The value of `column`, `None` when NULL.
+    fn datum(&self, column: &Column) -> Option<pg_sys::Datum> {
+        // SAFETY: `tuple` is described by `desc`, in which `column` was planned.
+        unsafe { pgrx::htup::heap_getattr_raw(self.tuple, column.attno, self.desc.as_ptr()) }
     }
 
     /// The row's composite type (the table's row type).

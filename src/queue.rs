@@ -26,6 +26,13 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
     (row * GROUP_LIMIT) as u64 + position as u64
 }
 
+thread_local! {
+    /// The INSERT of a group, planned once per backend (PostgreSQL replans it if the queue
+    /// table is recreated).
+    static WRITE_GROUP: std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement> =
+        const { std::cell::OnceCell::new() };
+}
+
 /// Writes one group of notifications of `message_id` (at most [`GROUP_LIMIT`]); returns the
 /// queue row's id.
 pub fn write_group(
@@ -35,16 +42,32 @@ pub fn write_group(
     payloads: Vec<String>,
 ) -> Result<i64> {
     wake::after_commit();
-    Ok(client
-        .update(
-            "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
-             VALUES ($1, $2, $3) RETURNING id",
-            Some(1),
-            &[message_id.into(), record_ids.into(), payloads.into()],
-        )?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or_default())
+    WRITE_GROUP.with(|cell| {
+        if cell.get().is_none() {
+            let plan = client
+                .prepare_mut(
+                    "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
+                     VALUES ($1, $2, $3) RETURNING id",
+                    &[
+                        pgrx::PgOid::from(pg_sys::INT8OID),
+                        pgrx::PgOid::from(pg_sys::TEXTARRAYOID),
+                        pgrx::PgOid::from(pg_sys::TEXTARRAYOID),
+                    ],
+                )?
+                .keep();
+            let _ = cell.set(plan);
+        }
+        let plan = cell.get().expect("the plan was just set");
+        Ok(client
+            .update(
+                plan,
+                Some(1),
+                &[message_id.into(), record_ids.into(), payloads.into()],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or_default())
+    })
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.

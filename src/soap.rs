@@ -35,29 +35,62 @@ pub struct Notification<'a> {
 /// order. NULL values are left out, as Salesforce omits empty fields.
 ///
 /// Field names must be valid XML names (checked when a message is defined); values are text in
-/// their wire form and are escaped here.
+/// their wire form and are escaped here. (Capture builds the same with [`Fields`] directly.)
+#[cfg(test)]
 pub fn render_fields<'v>(
     id: &str,
     fields: impl IntoIterator<Item = (&'v str, Option<&'v str>)>,
 ) -> String {
-    let mut out = String::with_capacity(64);
-    push_field(&mut out, "Id", id);
+    let mut out = Fields::new(id);
     for (name, value) in fields {
         if let Some(value) = value {
-            push_field(&mut out, name, value);
+            out.add(name, |text| {
+                push_escaped(text, value);
+                true
+            });
         }
     }
-    out
+    out.finish()
 }
 
-fn push_field(out: &mut String, name: &str, value: &str) {
-    out.push_str("     <sf:");
-    out.push_str(name);
-    out.push('>');
-    push_escaped(out, value);
-    out.push_str("</sf:");
-    out.push_str(name);
-    out.push_str(">\n");
+/// Builds the sObject fields of one notification in place: `sf:Id` first, then each field
+/// whose value its writer appends (escaped) to the text. Capture writes values straight into
+/// it, without a string per value.
+pub struct Fields {
+    out: String,
+}
+
+impl Fields {
+    pub fn new(id: &str) -> Fields {
+        let mut fields = Fields {
+            out: String::with_capacity(256),
+        };
+        fields.add("Id", |text| {
+            push_escaped(text, id);
+            true
+        });
+        fields
+    }
+
+    /// Adds field `name`; `write` appends its escaped value, or returns false to leave the
+    /// field out (a value its XSD type cannot represent).
+    pub fn add(&mut self, name: &str, write: impl FnOnce(&mut String) -> bool) {
+        let start = self.out.len();
+        self.out.push_str("     <sf:");
+        self.out.push_str(name);
+        self.out.push('>');
+        if write(&mut self.out) {
+            self.out.push_str("</sf:");
+            self.out.push_str(name);
+            self.out.push_str(">\n");
+        } else {
+            self.out.truncate(start);
+        }
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
 }
 
 /// Writes one complete SOAP message carrying `notifications` of one outbound message on a table

@@ -58,53 +58,91 @@ pub fn numeric(text: &str) -> Option<&str> {
 
 /// `xsd:dateTime` in UTC (`...Z`) from a `timestamptz`; `None` for ±infinity.
 pub fn timestamptz(micros: i64) -> Option<String> {
-    timestamp(micros).map(|mut text| {
-        text.push('Z');
-        text
-    })
+    let mut text = String::with_capacity(24);
+    write_timestamp(&mut text, micros, true).then_some(text)
 }
 
 /// `xsd:dateTime` without zone, millisecond precision, from a `timestamp`; `None` for ±infinity.
+#[cfg(test)]
 pub fn timestamp(micros: i64) -> Option<String> {
-    if micros == i64::MAX || micros == i64::MIN {
-        return None;
-    }
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    let in_day = micros.rem_euclid(MICROS_PER_DAY);
-    let millis = in_day / 1000;
-    let (h, m, s, ms) = (
-        millis / 3_600_000,
-        millis / 60_000 % 60,
-        millis / 1000 % 60,
-        millis % 1000,
-    );
-    let mut text = civil_date(days);
-    text.push_str(&format!("T{h:02}:{m:02}:{s:02}.{ms:03}"));
-    Some(text)
+    let mut text = String::with_capacity(24);
+    write_timestamp(&mut text, micros, false).then_some(text)
 }
 
 /// `xsd:date` from a `date` (days since 2000-01-01); `None` for ±infinity.
+#[cfg(test)]
 pub fn date(days: i32) -> Option<String> {
-    if days == i32::MAX || days == i32::MIN {
-        return None;
+    let mut text = String::with_capacity(10);
+    write_date(&mut text, days).then_some(text)
+}
+
+/// Appends [`timestamp`] (with `Z` when `utc`); false, appending nothing, for ±infinity.
+pub fn write_timestamp(out: &mut String, micros: i64, utc: bool) -> bool {
+    if micros == i64::MAX || micros == i64::MIN {
+        return false;
     }
-    Some(civil_date(i64::from(days)))
+    let millis = micros.rem_euclid(MICROS_PER_DAY) / 1000;
+    write_civil_date(out, micros.div_euclid(MICROS_PER_DAY));
+    out.push('T');
+    push_digits(out, millis / 3_600_000, 2);
+    out.push(':');
+    push_digits(out, millis / 60_000 % 60, 2);
+    out.push(':');
+    push_digits(out, millis / 1000 % 60, 2);
+    out.push('.');
+    push_digits(out, millis % 1000, 3);
+    if utc {
+        out.push('Z');
+    }
+    true
+}
+
+/// Appends [`date`]; false, appending nothing, for ±infinity.
+pub fn write_date(out: &mut String, days: i32) -> bool {
+    if days == i32::MAX || days == i32::MIN {
+        return false;
+    }
+    write_civil_date(out, i64::from(days));
+    true
+}
+
+/// Appends a non-negative number with at least `width` digits.
+fn push_digits(out: &mut String, value: i64, width: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
 }
 
 /// `xsd:base64Binary` from `bytea`.
+#[cfg(test)]
 pub fn bytea(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    let mut text = String::new();
+    write_bytea(&mut text, bytes);
+    text
 }
 
-/// `YYYY-MM-DD` of a day counted from 2000-01-01 in the proleptic Gregorian calendar. Years
-/// before 1 are written as XSD 1.0 does: 1 BC is `-0001`.
-fn civil_date(pg_days: i64) -> String {
+/// Appends [`bytea`].
+pub fn write_bytea(out: &mut String, bytes: &[u8]) {
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+}
+
+/// Appends `YYYY-MM-DD` of a day counted from 2000-01-01 in the proleptic Gregorian calendar.
+/// Years before 1 are written as XSD 1.0 does: 1 BC is `-0001`.
+fn write_civil_date(out: &mut String, pg_days: i64) {
     let (year, month, day) = civil_from_unix_days(pg_days + UNIX_TO_PG_EPOCH_DAYS);
     if year <= 0 {
-        format!("-{:04}-{month:02}-{day:02}", 1 - year)
+        out.push('-');
+        push_digits(out, 1 - year, 4);
     } else {
-        format!("{year:04}-{month:02}-{day:02}")
+        push_digits(out, year, 4);
     }
+    out.push('-');
+    push_digits(out, i64::from(month), 2);
+    out.push('-');
+    push_digits(out, i64::from(day), 2);
 }
 
 /// Year, month, day of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).

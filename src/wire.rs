@@ -1,36 +1,168 @@
 //! The wire text of one column value (SPEC §3): decodes a datum by its type and hands the raw
 //! value to [`crate::values`]. Types without a special rule go through their output function.
 
+use std::borrow::Cow;
 use std::ffi::CStr;
 
 use pgrx::{pg_sys, FromDatum};
 
+use crate::soap::push_escaped;
 use crate::values;
 
-/// The text a value is sent as, or `None` when the field is left out (an SQL NULL is handled by
-/// the caller; this is for values the field's XSD type cannot represent).
-///
-/// # Safety
-/// `datum` must be a non-NULL value of type `typoid`, valid for the current memory context.
-pub unsafe fn wire_text(datum: pg_sys::Datum, typoid: pg_sys::Oid) -> Option<String> {
-    // SAFETY: a domain's values are values of its base type.
-    let base = unsafe { pg_sys::getBaseType(typoid) };
-    // SAFETY (all arms): the caller guarantees `datum` is a non-NULL value of `base`.
-    unsafe {
-        match base {
-            pg_sys::BOOLOID => Some(values::boolean(bool::from_datum(datum, false)?).to_string()),
-            pg_sys::INT2OID => i16::from_datum(datum, false).map(|v| v.to_string()),
-            pg_sys::INT4OID => i32::from_datum(datum, false).map(|v| v.to_string()),
-            pg_sys::INT8OID => i64::from_datum(datum, false).map(|v| v.to_string()),
-            pg_sys::FLOAT4OID => f32::from_datum(datum, false).map(values::real),
-            pg_sys::FLOAT8OID => f64::from_datum(datum, false).map(values::double),
-            pg_sys::NUMERICOID => values::numeric(&output_text(datum, base)).map(str::to_string),
-            pg_sys::TIMESTAMPTZOID => values::timestamptz(datum.value() as i64),
-            pg_sys::TIMESTAMPOID => values::timestamp(datum.value() as i64),
-            pg_sys::DATEOID => values::date(datum.value() as i32),
-            pg_sys::BYTEAOID => <&[u8]>::from_datum(datum, false).map(values::bytea),
-            _ => Some(output_text(datum, base)),
+/// How values of one column type become wire text, resolved once (per statement, by capture):
+/// the base type's rule, and for types without one their output function, looked up once.
+pub struct Encoder {
+    kind: Kind,
+}
+
+enum Kind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric(Output),
+    Timestamp,
+    TimestampTz,
+    Date,
+    Bytea,
+    /// Text-like types of a UTF-8 database: their bytes are the wire text.
+    Text,
+    Other(Output),
+}
+
+/// A type's output function, with its lookup done.
+struct Output(Box<pg_sys::FmgrInfo>);
+
+impl Output {
+    fn for_type(typoid: pg_sys::Oid) -> Output {
+        let mut function = pg_sys::InvalidOid;
+        let mut is_varlena = false;
+        // SAFETY: a zeroed FmgrInfo filled in by fmgr_info_cxt; its extra state lives in the
+        // top transaction's memory, longer than any statement that uses it.
+        unsafe {
+            pg_sys::getTypeOutputInfo(typoid, &mut function, &mut is_varlena);
+            let mut info: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+            pg_sys::fmgr_info_cxt(function, info.as_mut(), pg_sys::TopTransactionContext);
+            Output(info)
         }
+    }
+
+    /// Runs `f` on the value's text output.
+    ///
+    /// # Safety
+    /// `datum` must be a non-NULL value of the type.
+    unsafe fn with_text<R>(&self, datum: pg_sys::Datum, f: impl FnOnce(Cow<'_, str>) -> R) -> R {
+        // SAFETY: calls the type's output function, which returns a palloc'd C string.
+        unsafe {
+            let info = &*self.0 as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
+            let cstring = pg_sys::OutputFunctionCall(info, datum);
+            let result = f(CStr::from_ptr(cstring).to_string_lossy());
+            pg_sys::pfree(cstring.cast());
+            result
+        }
+    }
+}
+
+impl Encoder {
+    /// The encoder for values of type `typoid` (a domain encodes as its base type).
+    pub fn for_type(typoid: pg_sys::Oid) -> Encoder {
+        // SAFETY: catalog lookups.
+        let (base, utf8) = unsafe {
+            (
+                pg_sys::getBaseType(typoid),
+                pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
+            )
+        };
+        let kind = match base {
+            pg_sys::BOOLOID => Kind::Bool,
+            pg_sys::INT2OID => Kind::Int2,
+            pg_sys::INT4OID => Kind::Int4,
+            pg_sys::INT8OID => Kind::Int8,
+            pg_sys::FLOAT4OID => Kind::Float4,
+            pg_sys::FLOAT8OID => Kind::Float8,
+            pg_sys::NUMERICOID => Kind::Numeric(Output::for_type(base)),
+            pg_sys::TIMESTAMPTZOID => Kind::TimestampTz,
+            pg_sys::TIMESTAMPOID => Kind::Timestamp,
+            pg_sys::DATEOID => Kind::Date,
+            pg_sys::BYTEAOID => Kind::Bytea,
+            pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID if utf8 => Kind::Text,
+            _ => Kind::Other(Output::for_type(base)),
+        };
+        Encoder { kind }
+    }
+
+    /// Appends the text a value is sent as, XML-escaped when `escape`; false, appending
+    /// nothing, when the field is left out (a value its XSD type cannot represent; an SQL NULL
+    /// is the caller's to skip).
+    ///
+    /// # Safety
+    /// `datum` must be a non-NULL value of the encoder's type, valid for the current memory
+    /// context.
+    pub unsafe fn write(&self, datum: pg_sys::Datum, out: &mut String, escape: bool) -> bool {
+        let mut integer = itoa::Buffer::new();
+        // SAFETY (all arms): the caller guarantees `datum` is a non-NULL value of the type.
+        unsafe {
+            match &self.kind {
+                Kind::Bool => out.push_str(values::boolean(datum.value() != 0)),
+                Kind::Int2 => out.push_str(integer.format(datum.value() as i16)),
+                Kind::Int4 => out.push_str(integer.format(datum.value() as i32)),
+                Kind::Int8 => out.push_str(integer.format(datum.value() as i64)),
+                Kind::Float4 => match f32::from_datum(datum, false) {
+                    Some(v) => out.push_str(&values::real(v)),
+                    None => return false,
+                },
+                Kind::Float8 => match f64::from_datum(datum, false) {
+                    Some(v) => out.push_str(&values::double(v)),
+                    None => return false,
+                },
+                Kind::Numeric(output) => {
+                    return output.with_text(datum, |text| match values::numeric(&text) {
+                        Some(text) => {
+                            out.push_str(text);
+                            true
+                        }
+                        None => false,
+                    })
+                }
+                Kind::TimestampTz => {
+                    return values::write_timestamp(out, datum.value() as i64, true)
+                }
+                Kind::Timestamp => {
+                    return values::write_timestamp(out, datum.value() as i64, false)
+                }
+                Kind::Date => return values::write_date(out, datum.value() as i32),
+                Kind::Bytea => match <&[u8]>::from_datum(datum, false) {
+                    Some(bytes) => values::write_bytea(out, bytes),
+                    None => return false,
+                },
+                Kind::Text => match <&str>::from_datum(datum, false) {
+                    Some(text) => push(out, text, escape),
+                    None => return false,
+                },
+                Kind::Other(output) => output.with_text(datum, |text| push(out, &text, escape)),
+            }
+        }
+        true
+    }
+
+    /// The text a value is sent as, unescaped (for the record Id); `None` when left out.
+    ///
+    /// # Safety
+    /// As for [`Encoder::write`].
+    pub unsafe fn text(&self, datum: pg_sys::Datum) -> Option<String> {
+        let mut text = String::new();
+        // SAFETY: as the caller guarantees.
+        unsafe { self.write(datum, &mut text, false) }.then_some(text)
+    }
+}
+
+fn push(out: &mut String, text: &str, escape: bool) {
+    if escape {
+        push_escaped(out, text);
+    } else {
+        out.push_str(text);
     }
 }
 
