@@ -22,7 +22,7 @@ use crate::catalog::{self, Capture, Evaluate};
 use crate::error::{Error, Kind};
 use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::sqltypes::RegClass;
-use crate::{criteria, pending, queue, roles, soap, wire};
+use crate::{criteria, pending, queue, roles, soap, unguarded, wire};
 
 /// Trigger function installed by `create_message` on every table that has messages: one call
 /// per inserted or updated row.
@@ -155,8 +155,8 @@ fn current_epoch() -> Epoch {
     // SAFETY: reads timestamps of the current transaction and statement.
     unsafe {
         Epoch {
-            transaction_start: pg_sys::GetCurrentTransactionStartTimestamp(),
-            statement_start: pg_sys::GetCurrentStatementStartTimestamp(),
+            transaction_start: unguarded::GetCurrentTransactionStartTimestamp(),
+            statement_start: unguarded::GetCurrentStatementStartTimestamp(),
             generation: GENERATION.get(),
         }
     }
@@ -177,6 +177,8 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
         return Ok(cached);
     }
     let messages = Spi::connect(|client| catalog::active_messages(client, relid))?;
+    // The capture trigger runs as the extension's owner, who writes the queue.
+    pending::set_writer(roles::current());
     let prepared: Vec<Prepared> = messages
         .into_iter()
         .map(|message| Prepared {
@@ -366,7 +368,12 @@ fn send(
         let plan = RowPlan::new(&row.desc, &message.key_column, &fields)
             .ok_or_else(|| Error::new(Kind::Internal, "the row read for send() lacks a column"))?;
         let (record_id, payload) = plan.render(&row)?;
-        let group = queue::write_group(client, message.message_id, vec![record_id], vec![payload])?;
+        let mut groups = queue::Groups::default();
+        groups.add(message.message_id, [(record_id, payload)]);
+        let group = queue::write_groups(client, groups)?
+            .first()
+            .copied()
+            .unwrap_or_default();
         Ok(salesforce_id(
             NOTIFICATION_PREFIX,
             queue::notification_number(group, 0),
@@ -392,25 +399,43 @@ fn key_type(
         .unwrap_or_else(|| "text".to_string()))
 }
 
-/// A row and its descriptor: a trigger's row, or a row read through SPI.
+/// A row and its descriptor: a trigger's row, or a row read through SPI. Its values are
+/// extracted once, as PostgreSQL's own executor does.
 struct Row<'a> {
     tuple: *mut pg_sys::HeapTupleData,
     desc: PgTupleDesc<'a>,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
 }
 
 impl Row<'_> {
     /// # Safety
     /// `tuple` and `desc` must be valid and match until the row is dropped.
     unsafe fn new(tuple: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) -> Self {
-        // SAFETY: as the caller guarantees.
-        Row {
-            tuple,
-            desc: unsafe { PgTupleDesc::from_pg_unchecked(desc) },
+        // SAFETY: as the caller guarantees; the arrays have one slot per attribute.
+        unsafe {
+            let natts = (*desc).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            Row {
+                tuple,
+                desc: PgTupleDesc::from_pg_unchecked(desc),
+                values,
+                nulls,
+            }
         }
     }
 
-    /// Attribute number and type of column `name`.
-    fn attribute(&self, name: &str) -> crate::error::Result<(NonZeroUsize, pg_sys::Oid)> {
+    /// The value of `column`, `None` when NULL.
+    fn datum(&self, column: &Column) -> Option<pg_sys::Datum> {
+        let index = column.attno.get() - 1;
+        (!self.nulls[index]).then(|| self.values[index])
+    }
+
+    /// The text output of column `name` (PostgreSQL's own, which its input reads back), `None`
+    /// when NULL.
+    fn sql_text(&self, name: &str) -> crate::error::Result<Option<String>> {
         let (index, attribute) = self
             .desc
             .iter()
@@ -421,26 +446,10 @@ impl Row<'_> {
                     Kind::UndefinedColumn,
                     format!("column \"{name}\" does not exist"),
                 )
-                .with_hint("A column sent by an outbound message was dropped or renamed.")
             })?;
-        let attno = NonZeroUsize::new(index + 1).expect("index + 1 is never zero");
-        Ok((attno, attribute.type_oid().value()))
-    }
-
-    /// The text output of column `name` (PostgreSQL's own, which its input reads back), `None`
-    /// when NULL.
-    fn sql_text(&self, name: &str) -> crate::error::Result<Option<String>> {
-        let (attno, typoid) = self.attribute(name)?;
-        // SAFETY: `tuple` is described by `desc`.
-        let datum = unsafe { pgrx::htup::heap_getattr_raw(self.tuple, attno, self.desc.as_ptr()) };
-        // SAFETY: a non-NULL datum of the attribute's own type.
-        Ok(datum.map(|datum| unsafe { wire::output_text(datum, typoid) }))
-    }
-
-    /// The value of `column`, `None` when NULL.
-    fn datum(&self, column: &Column) -> Option<pg_sys::Datum> {
-        // SAFETY: `tuple` is described by `desc`, in which `column` was planned.
-        unsafe { pgrx::htup::heap_getattr_raw(self.tuple, column.attno, self.desc.as_ptr()) }
+        let typoid = attribute.type_oid().value();
+        // SAFETY: a non-NULL value of the attribute's own type.
+        Ok((!self.nulls[index]).then(|| unsafe { wire::output_text(self.values[index], typoid) }))
     }
 
     /// The row's composite type (the table's row type).

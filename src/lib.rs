@@ -23,6 +23,7 @@ mod secrets;
 mod soap;
 mod sqltypes;
 mod tls;
+mod unguarded;
 mod validate;
 mod values;
 mod wire;

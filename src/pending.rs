@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use pgrx::prelude::*;
 
 use crate::error::Result;
-use crate::{guc, queue, roles};
+use crate::{guc, queue, roles, unguarded};
 
 /// Written to the queue from the row trigger once this many notifications wait.
 const FLUSH_AT: usize = 10_000;
@@ -33,12 +33,17 @@ thread_local! {
     static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
+/// Records the role that writes the queue when what is left is written before commit: the
+/// extension's owner, as which the capture trigger runs.
+pub fn set_writer(role: pg_sys::Oid) {
+    OWNER.set(role);
+}
+
 /// Adds a captured notification. Runs inside the (SECURITY DEFINER) capture trigger.
 pub fn add(message_id: i64, record_id: String, payload: String) -> Result<()> {
     register_callbacks();
-    OWNER.set(roles::current());
     // SAFETY: reads the current subtransaction's id.
-    let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let subtransaction = unsafe { unguarded::GetCurrentSubTransactionId() };
     let len = BUFFER.with_borrow_mut(|buffer| {
         buffer.push(Pending {
             message_id,
@@ -61,25 +66,32 @@ pub fn flush() -> Result<()> {
         return Ok(());
     }
     let batch_size = guc::batch_size().min(queue::GROUP_LIMIT as usize);
-    let mut groups: Vec<(i64, Vec<String>, Vec<String>)> = Vec::new();
+    let mut groups = queue::Groups::default();
+    let mut open: Vec<(i64, usize)> = Vec::new(); // message -> index of its open group
+    let mut members: Vec<Vec<Pending>> = Vec::new();
     for notification in pending {
-        let open = groups
-            .iter()
-            .rposition(|(m, ids, _)| *m == notification.message_id && ids.len() < batch_size);
-        let index = open.unwrap_or_else(|| {
-            groups.push((notification.message_id, Vec::new(), Vec::new()));
-            groups.len() - 1
-        });
-        let (_, record_ids, payloads) = &mut groups[index];
-        record_ids.push(notification.record_id);
-        payloads.push(notification.payload);
+        let index = match open.iter().find(|(m, _)| *m == notification.message_id) {
+            Some((_, index)) if members[*index].len() < batch_size => *index,
+            _ => {
+                members.push(Vec::new());
+                let index = members.len() - 1;
+                match open.iter_mut().find(|(m, _)| *m == notification.message_id) {
+                    Some(entry) => entry.1 = index,
+                    None => open.push((notification.message_id, index)),
+                }
+                index
+            }
+        };
+        members[index].push(notification);
     }
-    Spi::connect_mut(|client| {
-        for (message_id, record_ids, payloads) in groups {
-            queue::write_group(client, message_id, record_ids, payloads)?;
-        }
-        Ok(())
-    })
+    for group in members {
+        let message_id = group[0].message_id;
+        groups.add(
+            message_id,
+            group.into_iter().map(|p| (p.record_id, p.payload)),
+        );
+    }
+    Spi::connect_mut(|client| queue::write_groups(client, groups).map(|_| ()))
 }
 
 fn register_callbacks() {

@@ -26,6 +26,22 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
     (row * GROUP_LIMIT) as u64 + position as u64
 }
 
+/// Groups of notifications to write: a message and its notifications' record ids and payloads.
+#[derive(Default)]
+pub struct Groups(Vec<(i64, Vec<String>, Vec<String>)>);
+
+impl Groups {
+    /// Adds a group of `message_id` (at most [`GROUP_LIMIT`] notifications).
+    pub fn add(
+        &mut self,
+        message_id: i64,
+        notifications: impl IntoIterator<Item = (String, String)>,
+    ) {
+        let (record_ids, payloads) = notifications.into_iter().unzip();
+        self.0.push((message_id, record_ids, payloads));
+    }
+}
+
 thread_local! {
     /// The INSERT of a group, planned once per backend (PostgreSQL replans it if the queue
     /// table is recreated).
@@ -33,14 +49,11 @@ thread_local! {
         const { std::cell::OnceCell::new() };
 }
 
-/// Writes one group of notifications of `message_id` (at most [`GROUP_LIMIT`]); returns the
-/// queue row's id.
-pub fn write_group(
-    client: &mut SpiClient,
-    message_id: i64,
-    record_ids: Vec<String>,
-    payloads: Vec<String>,
-) -> Result<i64> {
+/// Writes `groups`, one queue row each; returns the rows' ids.
+pub fn write_groups(client: &mut SpiClient, groups: Groups) -> Result<Vec<i64>> {
+    if groups.0.is_empty() {
+        return Ok(Vec::new());
+    }
     wake::after_commit();
     WRITE_GROUP.with(|cell| {
         if cell.get().is_none() {
@@ -58,15 +71,19 @@ pub fn write_group(
             let _ = cell.set(plan);
         }
         let plan = cell.get().expect("the plan was just set");
-        Ok(client
-            .update(
-                plan,
-                Some(1),
-                &[message_id.into(), record_ids.into(), payloads.into()],
-            )?
-            .first()
-            .get_one::<i64>()?
-            .unwrap_or_default())
+        let mut ids = Vec::with_capacity(groups.0.len());
+        for (message_id, record_ids, payloads) in groups.0 {
+            let id = client
+                .update(
+                    plan,
+                    Some(1),
+                    &[message_id.into(), record_ids.into(), payloads.into()],
+                )?
+                .first()
+                .get_one::<i64>()?;
+            ids.push(id.unwrap_or_default());
+        }
+        Ok(ids)
     })
 }
 
