@@ -287,7 +287,8 @@ def main():
     only = set(args.only.split(","))
 
     nginx = Nginx()
-    cluster = Cluster({"track_commit_timestamp": "on", "max_wal_size": "'4GB'",
+    # PostgreSQL's durability defaults (the test clusters turn fsync off; users do not).
+    cluster = Cluster({"fsync": "on", "track_commit_timestamp": "on", "max_wal_size": "'4GB'",
                        "shared_buffers": "'256MB'"})
     try:
         db = cluster.connect()

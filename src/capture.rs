@@ -22,7 +22,7 @@ use crate::catalog::{self, Capture, Evaluate};
 use crate::error::{Error, Kind};
 use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::sqltypes::RegClass;
-use crate::{criteria, pending, queue, roles, soap, unguarded, wire};
+use crate::{criteria, pending, queue, roles, soap, wire};
 
 /// Trigger function installed by `create_message` on every table that has messages: one call
 /// per inserted or updated row.
@@ -116,23 +116,18 @@ impl RowPlan {
     }
 }
 
-/// Which statement the cached definitions belong to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Epoch {
-    transaction_start: i64,
-    statement_start: i64,
-    generation: u64,
-}
-
 thread_local! {
-    static CACHE: RefCell<(Option<Epoch>, HashMap<u32, Rc<Vec<Prepared>>>)> =
-        RefCell::new((None, HashMap::new()));
-    /// Bumped when this backend changes definitions, and by relcache invalidations.
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    static INVALIDATION_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// Definitions by table, valid while the generation they were read at is current.
+    static CACHE: RefCell<(u64, HashMap<u32, Rc<Vec<Prepared>>>)> =
+        RefCell::new((0, HashMap::new()));
+    /// Bumped when definitions may have changed: by this backend's catalog writes at once,
+    /// and by invalidations (another backend's committed definitions, GRANT, REVOKE, policies,
+    /// role changes), which PostgreSQL delivers to every backend.
+    static GENERATION: Cell<u64> = const { Cell::new(1) };
+    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes the next capture look definitions up again (after `create_message` and the like).
+/// Makes the next capture look definitions up again.
 pub fn definitions_changed() {
     GENERATION.set(GENERATION.get() + 1);
 }
@@ -142,33 +137,42 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid
     definitions_changed();
 }
 
-fn current_epoch() -> Epoch {
-    if !INVALIDATION_REGISTERED.replace(true) {
-        // SAFETY: registers a callback that lives as long as the library; it only bumps a counter.
-        unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(
-                Some(on_relcache_invalidation),
-                pg_sys::Datum::from(0),
-            )
-        };
+#[pg_guard]
+unsafe extern "C-unwind" fn on_role_invalidation(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    definitions_changed();
+}
+
+fn register_invalidation_callbacks() {
+    if CALLBACKS_REGISTERED.replace(true) {
+        return;
     }
-    // SAFETY: reads timestamps of the current transaction and statement.
+    // SAFETY: registers callbacks that live as long as the library; they only bump a counter.
     unsafe {
-        Epoch {
-            transaction_start: unguarded::GetCurrentTransactionStartTimestamp(),
-            statement_start: unguarded::GetCurrentStatementStartTimestamp(),
-            generation: GENERATION.get(),
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        );
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(on_role_invalidation),
+                pg_sys::Datum::from(0),
+            );
         }
     }
 }
 
-/// The active messages of table `relid` (or its partition ancestors), for this statement;
-/// `desc` describes `relid`'s rows.
+/// The active messages of table `relid` (or its partition ancestors), as of the latest
+/// invalidation; `desc` describes `relid`'s rows.
 fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<Vec<Prepared>>> {
-    let epoch = current_epoch();
-    let cached = CACHE.with_borrow_mut(|(cached_epoch, tables)| {
-        if *cached_epoch != Some(epoch) {
-            *cached_epoch = Some(epoch);
+    register_invalidation_callbacks();
+    let generation = GENERATION.get();
+    let cached = CACHE.with_borrow_mut(|(cached_generation, tables)| {
+        if *cached_generation != generation {
+            *cached_generation = generation;
             tables.clear();
         }
         tables.get(&relid.to_u32()).cloned()

@@ -173,7 +173,7 @@ fn alter_message(
         };
         let checked = check(client, changed, Some(id), caller)?;
         update(client, id, &checked)?;
-        capture::definitions_changed();
+        invalidate_definitions(client)?;
         Ok(())
     })
 }
@@ -207,7 +207,7 @@ fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), 
                 client.update(&drop, None, &[])?;
             }
         }
-        capture::definitions_changed();
+        invalidate_definitions(client)?;
         Ok(())
     })
 }
@@ -237,7 +237,7 @@ fn set_active(
             None,
             &[stored.id.into(), active.into()],
         )?;
-        capture::definitions_changed();
+        invalidate_definitions(client)?;
         Ok(())
     })
 }
@@ -784,6 +784,21 @@ fn stored_values(checked: &Checked) -> Vec<pgrx::datum::DatumWithOid<'_>> {
     ]
 }
 
+/// Tells every backend, at commit, that definitions changed (a relcache invalidation of the
+/// definitions table reaches them all), and this one at once.
+fn invalidate_definitions(client: &SpiClient) -> Result<()> {
+    let table = client
+        .select("SELECT 'outbound_msg.message'::regclass::oid", Some(1), &[])?
+        .first()
+        .get_one::<pg_sys::Oid>()?;
+    if let Some(table) = table {
+        // SAFETY: queues a transactional invalidation message for a relation that exists.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
+    }
+    capture::definitions_changed();
+    Ok(())
+}
+
 /// Installs the table's triggers unless a previous message already did.
 fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
     for (name, level, function) in TRIGGERS {
@@ -804,7 +819,7 @@ fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
             client.update(&create, None, &[])?;
         }
     }
-    capture::definitions_changed();
+    invalidate_definitions(client)?;
     Ok(())
 }
 

@@ -42,11 +42,47 @@ impl Groups {
     }
 }
 
+type KeptPlan = std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement>;
+
 thread_local! {
-    /// The INSERT of a group, planned once per backend (PostgreSQL replans it if the queue
-    /// table is recreated).
-    static WRITE_GROUP: std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement> =
-        const { std::cell::OnceCell::new() };
+    // Statements planned once per backend and kept: PostgreSQL replans them itself when what
+    // they use changes (the extension dropped and created again, say).
+    static WRITE_GROUP: KeptPlan = const { KeptPlan::new() };
+    static CLAIM: KeptPlan = const { KeptPlan::new() };
+    static ACKNOWLEDGE: KeptPlan = const { KeptPlan::new() };
+    static RECORD_FAILURE: KeptPlan = const { KeptPlan::new() };
+}
+
+/// Executes the kept plan of `sql` (argument types `types`), planning it on first use.
+fn kept_update<'conn>(
+    plan: &'static std::thread::LocalKey<KeptPlan>,
+    client: &mut SpiClient<'conn>,
+    sql: &str,
+    types: &[pg_sys::Oid],
+    limit: Option<libc::c_long>,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'conn>> {
+    with_kept_plan(plan, client, sql, types, |client, plan| {
+        Ok(client.update(plan, limit, args)?)
+    })
+}
+
+/// Runs `run` with the kept plan of `sql` (argument types `types`), planning it on first use.
+fn with_kept_plan<'conn, R>(
+    plan: &'static std::thread::LocalKey<KeptPlan>,
+    client: &mut SpiClient<'conn>,
+    sql: &str,
+    types: &[pg_sys::Oid],
+    run: impl FnOnce(&mut SpiClient<'conn>, &pgrx::spi::OwnedPreparedStatement) -> Result<R>,
+) -> Result<R> {
+    plan.with(|cell| {
+        if cell.get().is_none() {
+            let types: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
+            let kept = client.prepare_mut(sql, &types)?.keep();
+            let _ = cell.set(kept);
+        }
+        run(client, cell.get().expect("the plan was just set"))
+    })
 }
 
 /// Writes `groups`, one queue row each; returns the rows' ids.
@@ -55,36 +91,28 @@ pub fn write_groups(client: &mut SpiClient, groups: Groups) -> Result<Vec<i64>> 
         return Ok(Vec::new());
     }
     wake::after_commit();
-    WRITE_GROUP.with(|cell| {
-        if cell.get().is_none() {
-            let plan = client
-                .prepare_mut(
-                    "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
-                     VALUES ($1, $2, $3) RETURNING id",
-                    &[
-                        pgrx::PgOid::from(pg_sys::INT8OID),
-                        pgrx::PgOid::from(pg_sys::TEXTARRAYOID),
-                        pgrx::PgOid::from(pg_sys::TEXTARRAYOID),
-                    ],
-                )?
-                .keep();
-            let _ = cell.set(plan);
-        }
-        let plan = cell.get().expect("the plan was just set");
-        let mut ids = Vec::with_capacity(groups.0.len());
-        for (message_id, record_ids, payloads) in groups.0 {
-            let id = client
-                .update(
-                    plan,
-                    Some(1),
-                    &[message_id.into(), record_ids.into(), payloads.into()],
-                )?
-                .first()
-                .get_one::<i64>()?;
-            ids.push(id.unwrap_or_default());
-        }
-        Ok(ids)
-    })
+    with_kept_plan(
+        &WRITE_GROUP,
+        client,
+        "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
+         VALUES ($1, $2, $3) RETURNING id",
+        &[pg_sys::INT8OID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+        |client, plan| {
+            let mut ids = Vec::with_capacity(groups.0.len());
+            for (message_id, record_ids, payloads) in groups.0 {
+                let id = client
+                    .update(
+                        plan,
+                        Some(1),
+                        &[message_id.into(), record_ids.into(), payloads.into()],
+                    )?
+                    .first()
+                    .get_one::<i64>()?;
+                ids.push(id.unwrap_or_default());
+            }
+            Ok(ids)
+        },
+    )
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.
@@ -141,7 +169,9 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
     let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
         limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
-        let rows = client.update(
+        let rows = kept_update(
+            &CLAIM,
+            client,
             "WITH scan AS (
                  SELECT id, message_id, next_attempt_at, cardinality(record_ids) AS size
                    FROM outbound_msg.queue
@@ -174,6 +204,14 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
               WHERE q.id = locked.id AND m.id = q.message_id AND c.oid = m.object
              RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
                        c.relname::text, m.client_certificate",
+            &[
+                pg_sys::INT8OID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8OID,
+                pg_sys::FLOAT8OID,
+            ],
             None,
             &[
                 (limits.total as i64).into(),
@@ -212,7 +250,9 @@ pub fn next_due() -> Result<Option<Duration>> {
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.
 pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
     Spi::connect_mut(|client| {
-        client.update(
+        kept_update(
+            &ACKNOWLEDGE,
+            client,
             "WITH gone AS (
                  DELETE FROM outbound_msg.queue WHERE id = ANY ($1)
                  RETURNING created_at, cardinality(record_ids) AS size)
@@ -227,6 +267,7 @@ pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
                     last_success = excluded.last_success,
                     latency_total = s.latency_total + excluded.latency_total,
                     last_latency = excluded.last_latency",
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8OID],
             None,
             &[rows.to_vec().into(), message_id.into()],
         )?;
@@ -245,7 +286,9 @@ pub fn record_failure(
     max_age: Duration,
 ) -> Result<()> {
     Spi::connect_mut(|client| {
-        client.update(
+        kept_update(
+            &RECORD_FAILURE,
+            client,
             "WITH failed AS (
                  UPDATE outbound_msg.queue q
                     SET last_error = $2,
@@ -265,6 +308,13 @@ pub fn record_failure(
              ON CONFLICT (message_id) DO UPDATE
                 SET failed_attempts = s.failed_attempts + excluded.failed_attempts,
                     last_failure = excluded.last_failure",
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTOID,
+                pg_sys::INTERVALOID,
+                pg_sys::INTERVALOID,
+                pg_sys::INT8OID,
+            ],
             None,
             &[
                 rows.to_vec().into(),

@@ -32,20 +32,31 @@ enum Kind {
     Other(Output),
 }
 
-/// A type's output function, with its lookup done.
-struct Output(Box<pg_sys::FmgrInfo>);
+/// A type's output function, with its lookup done. Whatever the function keeps between calls
+/// lives in a memory context of its own, freed with it.
+struct Output {
+    info: Box<pg_sys::FmgrInfo>,
+    memory: pg_sys::MemoryContext,
+}
 
 impl Output {
     fn for_type(typoid: pg_sys::Oid) -> Output {
         let mut function = pg_sys::InvalidOid;
         let mut is_varlena = false;
-        // SAFETY: a zeroed FmgrInfo filled in by fmgr_info_cxt; its extra state lives in the
-        // top transaction's memory, longer than any statement that uses it.
+        // SAFETY: a zeroed FmgrInfo filled in by fmgr_info_cxt, in a new context under
+        // CacheMemoryContext that lives until this Output is dropped.
         unsafe {
             pg_sys::getTypeOutputInfo(typoid, &mut function, &mut is_varlena);
+            let memory = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CacheMemoryContext,
+                c"outbound_msg output function".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+            );
             let mut info: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
-            pg_sys::fmgr_info_cxt(function, info.as_mut(), pg_sys::TopTransactionContext);
-            Output(info)
+            pg_sys::fmgr_info_cxt(function, info.as_mut(), memory);
+            Output { info, memory }
         }
     }
 
@@ -56,12 +67,19 @@ impl Output {
     unsafe fn with_text<R>(&self, datum: pg_sys::Datum, f: impl FnOnce(Cow<'_, str>) -> R) -> R {
         // SAFETY: calls the type's output function, which returns a palloc'd C string.
         unsafe {
-            let info = &*self.0 as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
+            let info = &*self.info as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
             let cstring = pg_sys::OutputFunctionCall(info, datum);
             let result = f(CStr::from_ptr(cstring).to_string_lossy());
             pg_sys::pfree(cstring.cast());
             result
         }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // SAFETY: the context was created for this Output and nothing else refers to it.
+        unsafe { pg_sys::MemoryContextDelete(self.memory) }
     }
 }
 

@@ -361,12 +361,8 @@ impl Outcomes {
 
 /// Whether `CREATE EXTENSION outbound_msg` has run in this database.
 fn extension_installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'outbound_msg')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    // SAFETY: a catalog lookup, inside the step's transaction.
+    unsafe { pg_sys::get_extension_oid(c"outbound_msg".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
 /// The cluster's OrganizationId, derived from its system identifier: stable for the cluster's
