@@ -50,7 +50,8 @@ CREATE TABLE outbound_msg.queue (
     retried_at      timestamptz
 );
 CREATE INDEX queue_due ON outbound_msg.queue (next_attempt_at, id) WHERE state <> 'expired';
-CREATE INDEX queue_message ON outbound_msg.queue (message_id);
+-- No index on message_id: it would cost every capture WAL and time, for the benefit of rare
+-- administrative scans (dropping a message, delivery_stats).
 COMMENT ON TABLE outbound_msg.queue IS
     'Notifications waiting for delivery or expired, in groups sent together; see delivery_status';
 COMMENT ON COLUMN outbound_msg.queue.payloads IS

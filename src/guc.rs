@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+static PAUSE_DELIVERY: GucSetting<bool> = GucSetting::<bool>::new(false);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RETRY_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -24,6 +25,14 @@ pub const MAX_BATCH_SIZE: i32 = 100;
 
 /// Registers every setting. Called from `_PG_init`.
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"outbound_msg.pause_delivery",
+        c"When on, workers send nothing; captured notifications wait in the queue.",
+        c"For a listener's maintenance window. Capture goes on; delivery resumes when turned off.",
+        &PAUSE_DELIVERY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"outbound_msg.batch_size",
         c"Most notifications of one outbound message sent in one SOAP message.",
@@ -153,6 +162,11 @@ fn text(setting: &GucSetting<Option<CString>>) -> String {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// `outbound_msg.pause_delivery`.
+pub fn pause_delivery() -> bool {
+    PAUSE_DELIVERY.get()
 }
 
 /// `outbound_msg.batch_size`, always within 1..=100.

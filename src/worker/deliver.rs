@@ -120,6 +120,15 @@ impl Deliverer {
         }
 
         let in_flight: usize = self.in_flight.values().sum();
+        if guc::pause_delivery() {
+            report_state(c"paused");
+            return Some(IDLE_WAIT);
+        }
+        report_state(if in_flight > 0 {
+            c"delivering"
+        } else {
+            c"idle"
+        });
         let free = settings.max_connections.saturating_sub(in_flight);
         if free == 0 {
             return Some(IDLE_WAIT);
@@ -254,6 +263,19 @@ struct HeaderValues {
     organization_id: String,
     enterprise_url: String,
     partner_url: String,
+}
+
+/// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
+fn report_state(state: &'static std::ffi::CStr) {
+    thread_local! {
+        static SHOWN: std::cell::Cell<*const std::ffi::c_char> = const { std::cell::Cell::new(std::ptr::null()) };
+    }
+    if SHOWN.replace(state.as_ptr()) != state.as_ptr() {
+        // SAFETY: reports a static string as this process's activity.
+        unsafe {
+            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, state.as_ptr())
+        };
+    }
 }
 
 /// A batch that fails without being sent.

@@ -44,7 +44,10 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
             let since = last_start.get(&database.to_u32()).map(Instant::elapsed);
             match since {
                 Some(since) if since < RESTART_PAUSE => {
-                    sleep = sleep.min(RESTART_PAUSE - since);
+                    // At least 1 ms: a shorter wait rounds to none, and the loop would spin.
+                    sleep = sleep
+                        .min(RESTART_PAUSE - since)
+                        .max(Duration::from_millis(1));
                     deferred.push(database);
                 }
                 _ => {

@@ -61,7 +61,7 @@ pub extern "C-unwind" fn outbound_msg_worker_main(argument: pg_sys::Datum) {
     }
     // SAFETY: registers a callback for this process's exit; `argument` is the database OID.
     unsafe { pg_sys::before_shmem_exit(Some(on_worker_exit), argument) };
-    give_way_to_ddl();
+    configure_session();
 
     let mut deliverer = match deliver::Deliverer::new() {
         Ok(deliverer) => deliverer,
@@ -142,17 +142,23 @@ fn transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
     .execute()
 }
 
-/// Makes the worker give way to DDL: a lock it cannot get within this time is an ERROR in the
-/// worker (caught by [`transaction`]), well before the deadlock detector could pick the DDL.
-fn give_way_to_ddl() {
-    // SAFETY: sets a session setting of this worker.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"lock_timeout".as_ptr(),
-            c"200ms".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
+/// Session settings of a worker:
+/// - `lock_timeout`: a lock it cannot get soon is an ERROR in the worker (caught by
+///   [`transaction`]), well before the deadlock detector could pick the DDL it waits on;
+/// - `synchronous_commit = off`: its transactions (claims, outcomes) need not wait for the WAL
+///   flush. A claim or an acknowledgement lost in a crash only means the notifications are
+///   sent again with the same Ids: delivery is at least once either way.
+fn configure_session() {
+    for (name, value) in [(c"lock_timeout", c"200ms"), (c"synchronous_commit", c"off")] {
+        // SAFETY: sets a session setting of this worker.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
     }
 }
 
