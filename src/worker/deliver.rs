@@ -12,6 +12,7 @@ use std::time::Duration;
 use pgrx::prelude::*;
 
 use super::pool::{Done, Job, Pool};
+use super::shmem;
 use crate::http::Limits;
 use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
 use crate::queue::{self, Batch, ClaimLimits};
@@ -120,7 +121,10 @@ impl Deliverer {
         }
 
         let in_flight: usize = self.in_flight.values().sum();
-        if guc::pause_delivery() {
+        let paused = guc::pause_delivery();
+        // SAFETY: reads this worker's database.
+        shmem::begin_claim(unsafe { pg_sys::MyDatabaseId }, paused);
+        if paused {
             report_state(c"paused");
             return Some(IDLE_WAIT);
         }

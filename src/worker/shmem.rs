@@ -27,6 +27,10 @@ struct Slot {
     wanted: bool,
     /// The worker is being stopped for DROP DATABASE: it must not be restarted.
     stopping: bool,
+    /// A commit already set the worker's latch since its last claim: later commits need not.
+    woken: bool,
+    /// Delivery is paused: commits do not wake the worker.
+    paused: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -84,7 +88,11 @@ pub fn request_delivery(database: pg_sys::Oid) {
         let mut shared = SHARED.exclusive();
         let launcher = shared.launcher_latch;
         match slot_of(&mut shared.slots, database.to_u32(), true) {
-            Some(slot) if slot.latch != 0 => slot.latch,
+            Some(slot) if slot.latch != 0 && (slot.woken || slot.paused) => 0,
+            Some(slot) if slot.latch != 0 => {
+                slot.woken = true;
+                slot.latch
+            }
             Some(slot) => {
                 slot.wanted = true;
                 launcher
@@ -143,6 +151,16 @@ pub fn attach_worker(database: pg_sys::Oid) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+/// Called by a worker before it claims: commits from now on wake it again. `paused` says
+/// whether it sends at all (a paused worker is not woken by commits).
+pub fn begin_claim(database: pg_sys::Oid, paused: bool) {
+    let mut shared = SHARED.exclusive();
+    if let Some(slot) = slot_of(&mut shared.slots, database.to_u32(), false) {
+        slot.woken = false;
+        slot.paused = paused;
     }
 }
 
