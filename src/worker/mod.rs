@@ -147,9 +147,16 @@ fn transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
 ///   [`transaction`]), well before the deadlock detector could pick the DDL it waits on;
 /// - `synchronous_commit = off`: its transactions (claims, outcomes) need not wait for the WAL
 ///   flush. A claim or an acknowledgement lost in a crash only means the notifications are
-///   sent again with the same Ids: delivery is at least once either way.
+///   sent again with the same Ids: delivery is at least once either way;
+/// - `plan_cache_mode = force_custom_plan`: its kept statements are planned for the queue as it
+///   is now. A generic plan made while the queue was nearly empty scans it whole, which under a
+///   large backlog slowed delivery fiftyfold until autovacuum's ANALYZE forced a new plan.
 fn configure_session() {
-    for (name, value) in [(c"lock_timeout", c"200ms"), (c"synchronous_commit", c"off")] {
+    for (name, value) in [
+        (c"lock_timeout", c"200ms"),
+        (c"synchronous_commit", c"off"),
+        (c"plan_cache_mode", c"force_custom_plan"),
+    ] {
         // SAFETY: sets a session setting of this worker.
         unsafe {
             pg_sys::SetConfigOption(
