@@ -275,7 +275,8 @@ def drain_backlog(db, count):
     with db.transaction():
         db.execute(f"INSERT INTO captured {ROWS}", (count,))
     committed = time.perf_counter()
-    PEAK[0] = db.execute("SELECT pg_total_relation_size('outbound_msg.queue')").fetchone()[0]
+    peak = db.execute("SELECT pg_total_relation_size('outbound_msg.queue')").fetchone()[0]
+    PEAK[0] = max(PEAK[0], peak)
     samples = []
     peak_private = 0
     while True:
@@ -313,7 +314,7 @@ def bench_scale(db, count):
     report("rate, first 10%", first, "notifications/s")
     report("rate, last 10%", last, "notifications/s", baseline=first, ratio=last / first,
            target="within 20% of the first", met=abs(last / first - 1) <= 0.2)
-    report("queue size at the backlog's peak", PEAK[0] / 1024, "KiB")
+    report("queue size at the backlog's peak (largest)", PEAK[0] / 1024, "KiB")
     report("queue size after drain and VACUUM", size / 1024, "KiB")
     # Unbounded bloat would be space that drains and VACUUM never give back: each round must
     # keep at most half of the backlog's peak size.
@@ -323,6 +324,7 @@ def bench_scale(db, count):
     third = queue_size_after_vacuum(db)
     report("... after a second equal backlog", second / 1024, "KiB")
     report("... after a third", third / 1024, "KiB")
+    report("    (peak over the three backlogs)", PEAK[0] / 1024, "KiB")
     worst = max(size, second, third)
     report("largest of the three, against the peak", worst / 1024, "KiB", baseline=PEAK[0] / 1024,
            ratio=worst / PEAK[0], target="space reclaimed (<= 0.5 of the peak)",

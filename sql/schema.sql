@@ -50,6 +50,13 @@ CREATE TABLE outbound_msg.queue (
     retried_at      timestamptz
 );
 CREATE INDEX queue_due ON outbound_msg.queue (next_attempt_at, id) WHERE state <> 'expired';
+-- A queue churns: every row is deleted once acknowledged. Vacuum it after a few hundred dead
+-- rows rather than a fraction of its size, so claims never wade through dead index entries.
+ALTER TABLE outbound_msg.queue SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500,
+    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 500,
+    autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 500,
+    autovacuum_vacuum_cost_delay = 0);
 -- No index on message_id: it would cost every capture WAL and time, for the benefit of rare
 -- administrative scans (dropping a message, delivery_stats).
 COMMENT ON TABLE outbound_msg.queue IS
