@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from support.cluster import wait_for
+from support.roles import drop_roles
 
 
 def create(db, **overrides):
@@ -277,18 +278,11 @@ def test_drop_extension_is_not_blocked_by_its_event_triggers(cluster):
 ROLES = ["om_admin", "om_reader", "om_outsider"]
 
 
-def drop_roles(db):
-    for role in ROLES:
-        if db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-            db.execute(f"DROP OWNED BY {role} CASCADE")
-            db.execute(f"DROP ROLE {role}")
-
-
 @pytest.fixture
 def roles(db, acct):
     """om_admin may call the API and is a member of om_reader, who reads acct's id and name;
     om_outsider has no privileges."""
-    drop_roles(db)
+    drop_roles(db, ROLES)
     for role in ROLES:
         db.execute(f"CREATE ROLE {role} LOGIN")
     db.execute("GRANT om_reader TO om_admin")
@@ -297,7 +291,7 @@ def roles(db, acct):
     db.execute("GRANT SELECT (id, name) ON acct TO om_reader")
     yield
     db.execute("DROP TABLE IF EXISTS acct CASCADE")
-    drop_roles(db)
+    drop_roles(db, ROLES)
 
 
 def test_a_definer_must_be_a_member_of_the_send_as_role(cluster, db, roles):

@@ -6,15 +6,9 @@ import psycopg
 import pytest
 
 from support.cluster import wait_for
+from support.roles import drop_roles
 
 ROLES = ["sec_reader", "sec_bypass", "sec_owner", "sec_user"]
-
-
-def drop_roles(db):
-    for role in ROLES:
-        if db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-            db.execute(f"DROP OWNED BY {role} CASCADE")
-            db.execute(f"DROP ROLE {role}")
 
 
 @pytest.fixture
@@ -23,7 +17,7 @@ def secured(db):
     sec_bypass has BYPASSRLS and reads everything; sec_user writes the table (BYPASSRLS, so
     that its own statements are not what row-level security filters)."""
     db.execute("DROP TABLE IF EXISTS ledger")
-    drop_roles(db)
+    drop_roles(db, ROLES)
     db.execute("CREATE ROLE sec_reader")
     db.execute("CREATE ROLE sec_bypass BYPASSRLS")
     db.execute("CREATE ROLE sec_owner")
@@ -35,7 +29,7 @@ def secured(db):
     db.execute("GRANT INSERT, UPDATE, SELECT ON ledger TO sec_user")
     yield "ledger"
     db.execute("DROP TABLE IF EXISTS ledger")
-    drop_roles(db)
+    drop_roles(db, ROLES)
 
 
 def define(db, url, send_as, fields, unique_name="Ledger"):
