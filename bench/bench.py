@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from support.cluster import Cluster, free_port  # noqa: E402
+from support.cluster import Cluster, free_port, worker_state  # noqa: E402
 from support.listener import ACK, Listener, parse_message  # noqa: E402
 
 RESULTS = []
@@ -139,13 +139,10 @@ def set_paused(db, paused):
     """Pauses or resumes delivery, and waits until the worker shows it."""
     db.execute(f"ALTER SYSTEM SET outbound_msg.pause_delivery = {'on' if paused else 'off'}")
     db.execute("SELECT pg_reload_conf()")
-    want = "paused" if paused else None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         db.execute("SELECT outbound_msg.wake_worker()")
-        state = db.execute("SELECT query FROM pg_stat_activity WHERE backend_type = "
-                           "'outbound_msg worker' AND datname = current_database()").fetchone()
-        if (state and state[0] == "paused") == (want == "paused"):
+        if (worker_state(db) == "paused") == paused:
             return
         time.sleep(0.05)
     raise RuntimeError("the worker did not apply pause_delivery")

@@ -4,8 +4,8 @@
 //! (a rollback sends nothing).
 //!
 //! The row trigger does no query of its own in the common case: definitions, the columns each
-//! send-as role may read and whether row-level security applies are looked up once per statement
-//! (and again after any relcache invalidation, such as a GRANT or a new policy), and rendered
+//! send-as role may read and whether row-level security applies are looked up once and kept
+//! until an invalidation (a changed definition, GRANT, REVOKE, policy or role), and rendered
 //! notifications go to [`pending`], which writes them in groups.
 
 use std::cell::{Cell, RefCell};
@@ -372,8 +372,8 @@ fn send(
         let plan = RowPlan::new(&row.desc, &message.key_column, &fields)
             .ok_or_else(|| Error::new(Kind::Internal, "the row read for send() lacks a column"))?;
         let (record_id, payload) = plan.render(&row)?;
-        let mut groups = queue::Groups::default();
-        groups.add(message.message_id, [(record_id, payload)]);
+        let mut groups = queue::Groups::new(1);
+        groups.push(message.message_id, record_id, payload);
         let group = queue::write_groups(client, groups)?
             .first()
             .copied()

@@ -65,30 +65,12 @@ pub fn flush() -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    let batch_size = guc::batch_size().min(queue::GROUP_LIMIT as usize);
-    let mut groups = queue::Groups::default();
-    let mut open: Vec<(i64, usize)> = Vec::new(); // message -> index of its open group
-    let mut members: Vec<Vec<Pending>> = Vec::new();
+    let mut groups = queue::Groups::new(guc::batch_size());
     for notification in pending {
-        let index = match open.iter().find(|(m, _)| *m == notification.message_id) {
-            Some((_, index)) if members[*index].len() < batch_size => *index,
-            _ => {
-                members.push(Vec::new());
-                let index = members.len() - 1;
-                match open.iter_mut().find(|(m, _)| *m == notification.message_id) {
-                    Some(entry) => entry.1 = index,
-                    None => open.push((notification.message_id, index)),
-                }
-                index
-            }
-        };
-        members[index].push(notification);
-    }
-    for group in members {
-        let message_id = group[0].message_id;
-        groups.add(
-            message_id,
-            group.into_iter().map(|p| (p.record_id, p.payload)),
+        groups.push(
+            notification.message_id,
+            notification.record_id,
+            notification.payload,
         );
     }
     Spi::connect_mut(|client| queue::write_groups(client, groups).map(|_| ()))

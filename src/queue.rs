@@ -26,19 +26,42 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
     (row * GROUP_LIMIT) as u64 + position as u64
 }
 
-/// Groups of notifications to write: a message and its notifications' record ids and payloads.
-#[derive(Default)]
-pub struct Groups(Vec<(i64, Vec<String>, Vec<String>)>);
+/// Groups of notifications to write, in the order their first notification came: each a
+/// message and its notifications' record ids and payloads.
+pub struct Groups {
+    groups: Vec<(i64, Vec<String>, Vec<String>)>,
+    /// The group of each message that still has room.
+    open: std::collections::HashMap<i64, usize>,
+    size: usize,
+}
 
 impl Groups {
-    /// Adds a group of `message_id` (at most [`GROUP_LIMIT`] notifications).
-    pub fn add(
-        &mut self,
-        message_id: i64,
-        notifications: impl IntoIterator<Item = (String, String)>,
-    ) {
-        let (record_ids, payloads) = notifications.into_iter().unzip();
-        self.0.push((message_id, record_ids, payloads));
+    /// Groups of at most `size` notifications (capped at [`GROUP_LIMIT`]).
+    pub fn new(size: usize) -> Groups {
+        Groups {
+            groups: Vec::new(),
+            open: Default::default(),
+            size: size.clamp(1, GROUP_LIMIT as usize),
+        }
+    }
+
+    /// Adds a notification of `message_id` to that message's open group, or a new one.
+    pub fn push(&mut self, message_id: i64, record_id: String, payload: String) {
+        let index = match self.open.get(&message_id) {
+            Some(&index) if self.groups[index].1.len() < self.size => index,
+            _ => {
+                self.groups.push((
+                    message_id,
+                    Vec::with_capacity(self.size),
+                    Vec::with_capacity(self.size),
+                ));
+                self.open.insert(message_id, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let (_, record_ids, payloads) = &mut self.groups[index];
+        record_ids.push(record_id);
+        payloads.push(payload);
     }
 }
 
@@ -87,7 +110,7 @@ fn with_kept_plan<'conn, R>(
 
 /// Writes `groups`, one queue row each; returns the rows' ids.
 pub fn write_groups(client: &mut SpiClient, groups: Groups) -> Result<Vec<i64>> {
-    if groups.0.is_empty() {
+    if groups.groups.is_empty() {
         return Ok(Vec::new());
     }
     wake::after_commit();
@@ -98,8 +121,8 @@ pub fn write_groups(client: &mut SpiClient, groups: Groups) -> Result<Vec<i64>> 
          VALUES ($1, $2, $3) RETURNING id",
         &[pg_sys::INT8OID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
         |client, plan| {
-            let mut ids = Vec::with_capacity(groups.0.len());
-            for (message_id, record_ids, payloads) in groups.0 {
+            let mut ids = Vec::with_capacity(groups.groups.len());
+            for (message_id, record_ids, payloads) in groups.groups {
                 let id = client
                     .update(
                         plan,
@@ -544,6 +567,30 @@ mod tests {
         let batches = into_batches(vec![row(1, 7, 5, 1), row(2, 7, 1, 1)], 2);
         let sizes: Vec<usize> = batches.iter().map(|b| b.notifications.len()).collect();
         assert_eq!(sizes, vec![5, 1]);
+    }
+
+    #[test]
+    fn notifications_are_grouped_per_message_in_capture_order_and_size() {
+        let mut groups = Groups::new(2);
+        for (message, record) in [(7, "a"), (8, "b"), (7, "c"), (7, "d"), (8, "e")] {
+            groups.push(message, record.into(), format!("p{record}"));
+        }
+        let shape: Vec<(i64, Vec<String>)> = groups
+            .groups
+            .iter()
+            .map(|(m, ids, _)| (*m, ids.clone()))
+            .collect();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shape,
+            vec![
+                (7, ids(&["a", "c"])),
+                (8, ids(&["b", "e"])),
+                (7, ids(&["d"]))
+            ]
+        );
+        assert_eq!(groups.groups[1].2, vec!["pb".to_string(), "pe".to_string()]);
+        assert_eq!(Groups::new(1000).size, GROUP_LIMIT as usize);
     }
 
     #[test]

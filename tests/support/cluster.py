@@ -91,3 +91,11 @@ def wait_for(predicate, timeout=30.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def worker_state(db):
+    """What this database's outbound_msg worker shows in pg_stat_activity.query (idle,
+    delivering, paused), or None when none runs."""
+    row = db.execute("SELECT query FROM pg_stat_activity WHERE backend_type = "
+                     "'outbound_msg worker' AND datname = current_database()").fetchone()
+    return row and row[0]
