@@ -263,11 +263,13 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
 
 /// Time until the earliest group is due (zero if one is due now), `None` when nothing waits.
 pub fn next_due() -> Result<Option<Duration>> {
+    // Clamped here, not with SQL's greatest(): greatest(0, NULL) is 0, which would make an
+    // empty queue look due now and keep the worker from ever sleeping.
     let seconds = Spi::get_one::<f64>(
-        "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - clock_timestamp()))::float8
+        "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8
            FROM outbound_msg.queue WHERE state <> 'expired'",
     )?;
-    Ok(seconds.map(Duration::from_secs_f64))
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.

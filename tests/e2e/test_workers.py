@@ -2,10 +2,13 @@
 is served, CREATE EXTENSION needs no restart, commits wake the worker, dead workers come
 back, DROP DATABASE is never blocked, and a standby sends nothing until it is promoted."""
 
+import os
+import time
+
 import psycopg
 import pytest
 
-from support.cluster import Cluster, wait_for
+from support.cluster import Cluster, wait_for, worker_state
 from support.listener import Listener
 
 
@@ -78,6 +81,30 @@ def test_a_commit_wakes_the_worker_at_once(db, listener):
                      what=f"delivery {key} within 5 s of its commit")
     finally:
         db.execute("DROP TABLE woken")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used, from /proc."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_worker_sleeps(db, listener):
+    # Regression: an empty queue once looked due now (greatest(0, NULL) is 0) and the worker
+    # spun through claims on a whole core. Idle, it must wait for a commit or its timed look.
+    serve(db, listener.url, "sleepy")
+    try:
+        db.execute("INSERT INTO sleepy VALUES (1, 'x')")
+        wait_for(lambda: db.execute("SELECT count(*) = 0 FROM outbound_msg.queue").fetchone()[0],
+                 what="the queue to drain")
+        wait_for(lambda: worker_state(db) == "idle", what="the worker to be idle")
+        pid = dict((name, pid) for pid, name in workers(db))[db.info.dbname]
+        before = cpu_seconds(pid)
+        time.sleep(2)
+        # A spinning worker uses about 2 s of CPU here; a sleeping one next to none.
+        assert cpu_seconds(pid) - before < 0.5
+    finally:
+        db.execute("DROP TABLE sleepy")
 
 
 def test_drop_database_is_not_blocked_by_its_worker(cluster, db, database):
