@@ -374,7 +374,7 @@ fn send(
         let (record_id, payload) = plan.render(&row)?;
         let mut groups = queue::Groups::new(1);
         groups.push(message.message_id, record_id, payload);
-        let group = queue::write_groups(client, groups)?
+        let group = queue::write_groups(groups)?
             .first()
             .copied()
             .unwrap_or_default();

@@ -17,6 +17,7 @@ mod http;
 mod ids;
 mod pending;
 mod queue;
+mod queue_insert;
 mod retry;
 mod roles;
 mod secrets;

@@ -73,7 +73,7 @@ pub fn flush() -> Result<()> {
             notification.payload,
         );
     }
-    Spi::connect_mut(|client| queue::write_groups(client, groups).map(|_| ()))
+    queue::write_groups(groups).map(|_| ())
 }
 
 fn register_callbacks() {

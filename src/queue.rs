@@ -70,7 +70,6 @@ type KeptPlan = std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement>;
 thread_local! {
     // Statements planned once per backend and kept: PostgreSQL replans them itself when what
     // they use changes (the extension dropped and created again, say).
-    static WRITE_GROUP: KeptPlan = const { KeptPlan::new() };
     static CLAIM: KeptPlan = const { KeptPlan::new() };
     static ACKNOWLEDGE: KeptPlan = const { KeptPlan::new() };
     static RECORD_FAILURE: KeptPlan = const { KeptPlan::new() };
@@ -109,33 +108,12 @@ fn with_kept_plan<'conn, R>(
 }
 
 /// Writes `groups`, one queue row each; returns the rows' ids.
-pub fn write_groups(client: &mut SpiClient, groups: Groups) -> Result<Vec<i64>> {
+pub fn write_groups(groups: Groups) -> Result<Vec<i64>> {
     if groups.groups.is_empty() {
         return Ok(Vec::new());
     }
     wake::after_commit();
-    with_kept_plan(
-        &WRITE_GROUP,
-        client,
-        "INSERT INTO outbound_msg.queue (message_id, record_ids, payloads)
-         VALUES ($1, $2, $3) RETURNING id",
-        &[pg_sys::INT8OID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
-        |client, plan| {
-            let mut ids = Vec::with_capacity(groups.groups.len());
-            for (message_id, record_ids, payloads) in groups.groups {
-                let id = client
-                    .update(
-                        plan,
-                        Some(1),
-                        &[message_id.into(), record_ids.into(), payloads.into()],
-                    )?
-                    .first()
-                    .get_one::<i64>()?;
-                ids.push(id.unwrap_or_default());
-            }
-            Ok(ids)
-        },
-    )
+    crate::queue_insert::insert(groups.groups)
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.

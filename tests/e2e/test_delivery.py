@@ -79,6 +79,27 @@ def test_each_change_is_sent_as_it_was_at_that_moment(db, listener):
     assert statuses == ["closed", "new", "open"]
 
 
+def test_large_values_are_stored_out_of_line_and_arrive_intact(db, listener):
+    # Over a megabyte of hard-to-compress text, and as much that compresses well: the queue
+    # row is compressed and moved to TOAST storage, and must come back byte for byte.
+    db.execute("CREATE TABLE document (id int PRIMARY KEY, body text, filler text)")
+    message_id = define(db, "document", ["body", "filler"], listener.url)
+    body = "".join(chr(0x4e00 + (i * 7919) % 20000) + str(i) for i in range(150_000))
+    with db.transaction():
+        db.execute("INSERT INTO document VALUES (1, %s, repeat('abc', 400000))", (body,))
+        # Queued at the end of the statement; the worker cannot see it before the commit.
+        stored, full = db.execute(
+            "SELECT pg_column_size(payloads), octet_length(payloads::text) "
+            "FROM outbound_msg.queue WHERE message_id = %s", (message_id,)).fetchone()
+        assert stored < full / 2
+
+    wait_for(lambda: queued(db, message_id) == 0 and listener.notifications(),
+             what="the large notification delivered")
+    fields = listener.notifications()[0]["fields"]
+    assert fields["body"] == body
+    assert fields["filler"] == "abc" * 400_000
+
+
 def test_created_sends_inserts_only(db, listener):
     db.execute("CREATE TABLE signup (id int PRIMARY KEY, email text)")
     message_id = db.execute(
