@@ -51,10 +51,13 @@ CREATE TABLE outbound_msg.queue (
     last_error      text,
     retried_at      timestamptz
 );
--- Claims read it in order of due time. Not partial (WHERE state <> 'expired'): an expired row's
--- next_attempt_at is 'infinity', after every due one, and a partial index's predicate is
--- planned again for every INSERT statement, a sixth of a single-row capture's cost.
-CREATE INDEX queue_due ON outbound_msg.queue (next_attempt_at, id);
+-- Claims read each message's groups in order of due time, and only of messages that may take
+-- more: a message whose connections are all busy costs a claim nothing, whatever its backlog.
+-- Not partial (WHERE state <> 'expired'): an expired group's next_attempt_at is 'infinity',
+-- after every due one, and a partial index's predicate is planned again for every INSERT
+-- statement, a sixth of a single-row capture's cost. Administrative work on one message
+-- (retry, discard, drop) uses it too.
+CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id);
 -- A queue churns: every row is deleted once acknowledged. Vacuum it after a few hundred dead
 -- rows rather than a fraction of its size, so claims never wade through dead index entries.
 ALTER TABLE outbound_msg.queue SET (
@@ -62,8 +65,6 @@ ALTER TABLE outbound_msg.queue SET (
     autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 500,
     autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 500,
     autovacuum_vacuum_cost_delay = 0);
--- No index on message_id: it would cost every capture WAL and time, for the benefit of rare
--- administrative scans (dropping a message, delivery_stats).
 COMMENT ON TABLE outbound_msg.queue IS
     'Notifications waiting for delivery or expired, in groups sent together; see delivery_status';
 COMMENT ON COLUMN outbound_msg.queue.payloads IS

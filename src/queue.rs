@@ -158,53 +158,70 @@ pub struct ClaimLimits<'a> {
     pub lease: Duration,
 }
 
+impl ClaimLimits<'_> {
+    /// Messages that may not take any notification now (all their connections are busy).
+    pub fn excluded(&self) -> Vec<i64> {
+        self.reduced
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(m, _)| *m)
+            .collect()
+    }
+}
+
 /// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
 /// notification is within them), and packs them into batches of one message each.
+///
+/// Each message's due groups are read through the `(message_id, next_attempt_at, id)` index,
+/// at most its allowance of them: a message whose connections are all busy costs nothing, however
+/// large its backlog (a scan in due order would wade through all of it to find other messages'
+/// groups), and no claim reads more groups than it could take.
 pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
-    let excluded: Vec<i64> = limits
-        .reduced
-        .iter()
-        .filter(|(_, n)| *n == 0)
-        .map(|(m, _)| *m)
-        .collect();
     let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
         limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
         let rows = kept_update(
             &CLAIM,
             client,
-            "WITH scan AS (
-                 SELECT id, message_id, next_attempt_at, cardinality(record_ids) AS size
-                   FROM outbound_msg.queue
-                  WHERE next_attempt_at <= now() AND state <> 'expired'
-                    AND message_id <> ALL ($2)
-                  ORDER BY next_attempt_at, id
-                  LIMIT $1),
+            "WITH allowance AS (
+                 SELECT m.id AS message_id,
+                        coalesce((SELECT p.n FROM unnest($3::bigint[], $4::bigint[])
+                                                  AS p(message_id, n)
+                                   WHERE p.message_id = m.id), $5) AS n
+                   FROM outbound_msg.message m
+                  WHERE m.id <> ALL ($2)),
+             scan AS (
+                 SELECT q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
+                        cardinality(q.record_ids) AS size
+                   FROM allowance a
+                  CROSS JOIN LATERAL (
+                        SELECT id, message_id, next_attempt_at, record_ids
+                          FROM outbound_msg.queue
+                         WHERE message_id = a.message_id AND next_attempt_at <= now()
+                           AND state <> 'expired'
+                         ORDER BY next_attempt_at, id
+                         LIMIT least(a.n, $1)) q),
              running AS (
-                 SELECT id, message_id, size,
+                 SELECT id, size, allowed,
                         sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
                             AS message_total,
                         sum(size) OVER (ORDER BY next_attempt_at, id) AS total
                    FROM scan),
-             allowed AS (
-                 SELECT r.id FROM running r
-                  WHERE r.total - r.size < $1
-                    AND r.message_total - r.size
-                        < coalesce((SELECT p.n FROM unnest($3::bigint[], $4::bigint[])
-                                                 AS p(message_id, n)
-                                     WHERE p.message_id = r.message_id), $5)),
              locked AS (
-                 SELECT q.id FROM outbound_msg.queue q JOIN allowed a ON a.id = q.id
+                 SELECT q.id FROM outbound_msg.queue q JOIN running r ON r.id = q.id
+                  WHERE r.total - r.size < $1 AND r.message_total - r.size < r.allowed
                     FOR UPDATE OF q SKIP LOCKED)
              UPDATE outbound_msg.queue q
                 SET attempts = q.attempts + 1,
                     last_attempt_at = now(),
                     state = 'sending',
                     next_attempt_at = now() + make_interval(secs => $6)
-               FROM locked, outbound_msg.message m, pg_catalog.pg_class c
-              WHERE q.id = locked.id AND m.id = q.message_id AND c.oid = m.object
+               FROM locked, outbound_msg.message m
+              WHERE q.id = locked.id AND m.id = q.message_id
              RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
-                       c.relname::text, m.client_certificate",
+                       (SELECT c.relname::text FROM pg_catalog.pg_class c
+                         WHERE c.oid = m.object),
+                       m.client_certificate",
             &[
                 pg_sys::INT8OID,
                 pg_sys::INT8ARRAYOID,
@@ -216,7 +233,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
             None,
             &[
                 (limits.total as i64).into(),
-                excluded.into(),
+                limits.excluded().into(),
                 reduced_ids.into(),
                 reduced_counts.into(),
                 (limits.per_message as i64).into(),
@@ -239,13 +256,22 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
     })
 }
 
-/// Time until the earliest group is due (zero if one is due now), `None` when nothing waits.
-pub fn next_due() -> Result<Option<Duration>> {
+/// Time until the earliest group of a message not in `excluded` is due (zero if one is due
+/// now), `None` when nothing waits. Groups of excluded messages (all their connections busy)
+/// do not count: the end of one of their deliveries wakes the worker anyway.
+pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
     // Clamped here, not with SQL's greatest(): greatest(0, NULL) is 0, which would make an
-    // empty queue look due now and keep the worker from ever sleeping.
-    let seconds = Spi::get_one::<f64>(
-        "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8
-           FROM outbound_msg.queue WHERE state <> 'expired'",
+    // empty queue look due now and keep the worker from ever sleeping. Expired groups wait at
+    // 'infinity'.
+    let seconds = Spi::get_one_with_args::<f64>(
+        "SELECT extract(epoch FROM min(q.next_attempt_at) - clock_timestamp())::float8
+           FROM outbound_msg.message m
+          CROSS JOIN LATERAL (
+                SELECT next_attempt_at FROM outbound_msg.queue
+                 WHERE message_id = m.id AND next_attempt_at < 'infinity'
+                 ORDER BY next_attempt_at LIMIT 1) q
+          WHERE m.id <> ALL ($1)",
+        &[excluded.into()],
     )?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }

@@ -163,7 +163,7 @@ impl Deliverer {
                 );
                 Vec::new()
             });
-            let next_due = queue::next_due().ok().flatten();
+            let next_due = queue::next_due(limits.excluded()).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
             Some((derived, batches, next_due, fingerprints))
         });

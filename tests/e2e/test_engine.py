@@ -3,10 +3,12 @@ names. Each failure is recorded with its reason and retried, and never holds up 
 endpoint. The session cluster runs with timeout 2s, retry_min_interval 200ms and
 retry_max_interval 1s (tests/conftest.py)."""
 
+import time
+
 import psycopg
 import pytest
 
-from support.cluster import wait_for, worker_state
+from support.cluster import cpu_seconds, wait_for, worker_pid, worker_state
 from support import listener as behaviours
 from support.listener import Listener
 
@@ -84,6 +86,27 @@ def test_a_slow_endpoint_does_not_delay_another(db, table, listener):
         first_slow = slow.requests[0]
         # The fast endpoint got its message while the slow one was still answering.
         assert "answered_at" not in first_slow or fast_arrival < first_slow["answered_at"]
+    finally:
+        slow.stop()
+
+
+def test_a_message_with_every_connection_busy_leaves_the_worker_idle(db, table, reload_with):
+    # Regression: with all of a message's connections busy, its other due notifications made
+    # the worker claim again at once, in a loop, each claim reading the whole backlog.
+    reload_with(batch_size="1")
+    slow = Listener(behaviours.slow(1.8))
+    try:
+        define(db, table, slow.url, "Busy")
+        db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(1, 20) g")
+        # max_connections 8: a message uses at most 4 of them; 16 notifications stay due.
+        wait_for(lambda: len(slow.requests) >= 4, what="four requests in flight")
+        pid = worker_pid(db)
+        before = cpu_seconds(pid)
+        time.sleep(1)
+        # A worker claiming in a loop uses about 1 s of CPU here; a waiting one next to none.
+        assert cpu_seconds(pid) - before < 0.4
+        assert len(slow.requests) == 4
+        wait_for(lambda: len(slow.notifications()) == 20, what="all twenty delivered in the end")
     finally:
         slow.stop()
 

@@ -2,13 +2,12 @@
 is served, CREATE EXTENSION needs no restart, commits wake the worker, dead workers come
 back, DROP DATABASE is never blocked, and a standby sends nothing until it is promoted."""
 
-import os
 import time
 
 import psycopg
 import pytest
 
-from support.cluster import Cluster, wait_for, worker_state
+from support.cluster import Cluster, cpu_seconds, wait_for, worker_pid, worker_state
 from support.listener import Listener
 
 
@@ -83,12 +82,6 @@ def test_a_commit_wakes_the_worker_at_once(db, listener):
         db.execute("DROP TABLE woken")
 
 
-def cpu_seconds(pid):
-    """User + system CPU time a process has used, from /proc."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_an_idle_worker_sleeps(db, listener):
     # Regression: an empty queue once looked due now (greatest(0, NULL) is 0) and the worker
     # spun through claims on a whole core. Idle, it must wait for a commit or its timed look.
@@ -98,7 +91,7 @@ def test_an_idle_worker_sleeps(db, listener):
         wait_for(lambda: db.execute("SELECT count(*) = 0 FROM outbound_msg.queue").fetchone()[0],
                  what="the queue to drain")
         wait_for(lambda: worker_state(db) == "idle", what="the worker to be idle")
-        pid = dict((name, pid) for pid, name in workers(db))[db.info.dbname]
+        pid = worker_pid(db)
         before = cpu_seconds(pid)
         time.sleep(2)
         # A spinning worker uses about 2 s of CPU here; a sleeping one next to none.

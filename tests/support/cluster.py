@@ -99,3 +99,17 @@ def worker_state(db):
     row = db.execute("SELECT query FROM pg_stat_activity WHERE backend_type = "
                      "'outbound_msg worker' AND datname = current_database()").fetchone()
     return row and row[0]
+
+
+def worker_pid(db):
+    """The process id of this database's outbound_msg worker, or None when none runs."""
+    row = db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = "
+                     "'outbound_msg worker' AND datname = current_database()").fetchone()
+    return row and row[0]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
