@@ -208,16 +208,19 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                         sum(size) OVER (ORDER BY next_attempt_at, id) AS total
                    FROM scan),
              locked AS (
-                 SELECT q.id FROM outbound_msg.queue q JOIN running r ON r.id = q.id
-                  WHERE r.total - r.size < $1 AND r.message_total - r.size < r.allowed
-                    FOR UPDATE OF q SKIP LOCKED)
+                 SELECT q.id FROM outbound_msg.queue q
+                  WHERE q.id = ANY (ARRAY(
+                            SELECT r.id FROM running r
+                             WHERE r.total - r.size < $1
+                               AND r.message_total - r.size < r.allowed))
+                    FOR UPDATE SKIP LOCKED)
              UPDATE outbound_msg.queue q
                 SET attempts = q.attempts + 1,
                     last_attempt_at = now(),
                     state = 'sending',
                     next_attempt_at = now() + make_interval(secs => $6)
-               FROM locked, outbound_msg.message m
-              WHERE q.id = locked.id AND m.id = q.message_id
+               FROM outbound_msg.message m
+              WHERE q.id = ANY (ARRAY(SELECT id FROM locked)) AND m.id = q.message_id
              RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
                        (SELECT c.relname::text FROM pg_catalog.pg_class c
                          WHERE c.oid = m.object),
@@ -274,6 +277,32 @@ pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
         &[excluded.into()],
     )?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// Refreshes the queue's statistics when they are far behind what it holds: fewer groups than
+/// a claim just took, or under half the live rows PostgreSQL counted since.
+///
+/// A queue churns: autovacuum often analyzes it while it is drained, and from then on the
+/// planner believes it empty however many groups arrive (PostgreSQL scales the tuple density
+/// of the last ANALYZE, zero, by the current size). Planned for one row, a claim against a
+/// large backlog read the whole queue for a few groups, until the next autovacuum. Analyzing
+/// the queue (its payloads are not sampled) costs milliseconds, about once per burst.
+pub fn refresh_statistics_if_stale(claimed_groups: usize) -> Result<()> {
+    let (believed, counted) = Spi::get_two::<f64, i64>(
+        "SELECT CASE WHEN c.relpages > 0 AND c.reltuples >= 0
+                     THEN c.reltuples::float8 / c.relpages
+                          * (pg_relation_size(c.oid) / current_setting('block_size')::int)
+                END,
+                s.n_live_tup
+           FROM pg_catalog.pg_class c
+           LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
+          WHERE c.oid = 'outbound_msg.queue'::regclass",
+    )?;
+    let least_held = (claimed_groups as f64).max(counted.unwrap_or(0) as f64 / 2.0);
+    if believed.is_some_and(|groups| groups < least_held) {
+        Spi::run("ANALYZE outbound_msg.queue")?;
+    }
+    Ok(())
 }
 
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.

@@ -175,6 +175,7 @@ impl Deliverer {
         self.derived_organization_id = Some(derived);
 
         let claimed_rows: usize = batches.iter().map(|b| b.notifications.len()).sum();
+        let claimed_groups: usize = batches.iter().map(|b| b.rows.len()).sum();
         let header = HeaderValues {
             organization_id,
             enterprise_url: guc::enterprise_url(),
@@ -200,6 +201,15 @@ impl Deliverer {
             };
             *self.in_flight.entry(batch.message_id).or_default() += 1;
             self.pool.submit(job(&header, batch, identity));
+        }
+        if claimed_groups > 0 {
+            // After the requests are on their way; a failure only leaves the statistics as
+            // they were.
+            super::transaction(|| {
+                if let Err(err) = queue::refresh_statistics_if_stale(claimed_groups) {
+                    warning!("outbound_msg: could not analyze the queue: {}", err.message);
+                }
+            });
         }
         Some(
             if claimed_rows == limits.total || !self.refused.is_empty() {
