@@ -58,13 +58,13 @@ CREATE TABLE outbound_msg.queue (
 -- statement, a sixth of a single-row capture's cost. Administrative work on one message
 -- (retry, discard, drop) uses it too.
 CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id);
--- A queue churns: every row is deleted once acknowledged. Vacuum it after a few hundred dead
--- rows rather than a fraction of its size, so claims never wade through dead index entries.
 -- Never searched by content: ANALYZE (autovacuum's, or the worker's after a burst) need not
 -- read and hash every payload.
 ALTER TABLE outbound_msg.queue ALTER COLUMN record_ids SET STATISTICS 0,
                                ALTER COLUMN payloads SET STATISTICS 0,
                                ALTER COLUMN last_error SET STATISTICS 0;
+-- A queue churns: every row is deleted once acknowledged. Vacuum it after a few hundred dead
+-- rows rather than a fraction of its size, so claims never wade through dead index entries.
 ALTER TABLE outbound_msg.queue SET (
     autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500,
     autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 500,
