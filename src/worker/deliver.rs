@@ -42,7 +42,13 @@ pub struct Deliverer {
     roots_for: Option<Option<String>>,
     /// Client identities by certificate name, with the fingerprint they were loaded at.
     identities: HashMap<String, (String, Arc<Identity>)>,
+    /// Groups claimed since the worker last vacuumed the queue: each leaves dead row versions.
+    claimed_since_vacuum: usize,
 }
+
+/// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
+/// (at four times as many, even with deliveries in flight).
+const VACUUM_AFTER_GROUPS: usize = 20_000;
 
 /// Settings read once per step, so a reload applies between steps.
 struct Settings {
@@ -90,6 +96,7 @@ impl Deliverer {
             refused: Vec::new(),
             roots_for: None,
             identities: HashMap::new(),
+            claimed_since_vacuum: 0,
         })
     }
 
@@ -121,6 +128,12 @@ impl Deliverer {
         }
 
         let in_flight: usize = self.in_flight.values().sum();
+        if self.claimed_since_vacuum >= VACUUM_AFTER_GROUPS
+            && (in_flight == 0 || self.claimed_since_vacuum >= 4 * VACUUM_AFTER_GROUPS)
+        {
+            super::vacuum_queue();
+            self.claimed_since_vacuum = 0;
+        }
         let paused = guc::pause_delivery();
         // SAFETY: reads this worker's database.
         shmem::begin_claim(unsafe { pg_sys::MyDatabaseId }, paused);
@@ -176,6 +189,7 @@ impl Deliverer {
 
         let claimed_rows: usize = batches.iter().map(|b| b.notifications.len()).sum();
         let claimed_groups: usize = batches.iter().map(|b| b.rows.len()).sum();
+        self.claimed_since_vacuum += claimed_groups;
         let header = HeaderValues {
             organization_id,
             enterprise_url: guc::enterprise_url(),

@@ -131,6 +131,25 @@ def test_statistics_that_call_a_busy_queue_empty_are_refreshed(db, table, listen
     wait_for(lambda: len(listener.notifications()) == 3300, what="every row delivered")
 
 
+def test_the_worker_vacuums_the_queue_after_many_deliveries(db, table, listener):
+    # Every delivered group leaves dead index entries that each claim steps over until a
+    # vacuum; autovacuum may be a minute away. After 20,000 groups the worker vacuums itself.
+    message_id = define(db, table, listener.url, "Vacuumed")
+
+    def vacuums():
+        return db.execute("SELECT vacuum_count FROM pg_stat_all_tables "
+                          "WHERE relid = 'outbound_msg.queue'::regclass").fetchone()[0]
+
+    before = vacuums()
+    # One statement per row: 20,100 groups of one notification.
+    db.execute("DO $$ BEGIN FOR i IN 1..20100 LOOP "
+               "INSERT INTO engine_t VALUES (i, 'x'); END LOOP; END $$")
+    wait_for(lambda: db.execute("SELECT count(*) = 0 FROM outbound_msg.queue "
+                                "WHERE message_id = %s", (message_id,)).fetchone()[0],
+             timeout=120, what="20,100 groups delivered")
+    wait_for(lambda: vacuums() > before, what="the worker's own VACUUM of the queue")
+
+
 def test_retries_back_off_exponentially_up_to_the_maximum(db, table):
     failing = Listener(behaviours.status(500))
     try:
