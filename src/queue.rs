@@ -279,15 +279,14 @@ pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
-/// Refreshes the queue's statistics when they are far behind what it holds: fewer groups than
-/// a claim just took, or under half the live rows PostgreSQL counted since.
+/// Whether the queue's statistics are far behind what it holds: they believe fewer groups
+/// than a claim just took, or under half the live rows PostgreSQL counted since.
 ///
 /// A queue churns: autovacuum often analyzes it while it is drained, and from then on the
 /// planner believes it empty however many groups arrive (PostgreSQL scales the tuple density
 /// of the last ANALYZE, zero, by the current size). Planned for one row, a claim against a
-/// large backlog read the whole queue for a few groups, until the next autovacuum. Analyzing
-/// the queue (its payloads are not sampled) costs milliseconds, about once per burst.
-pub fn refresh_statistics_if_stale(claimed_groups: usize) -> Result<()> {
+/// large backlog read the whole queue for a few groups, until the next autovacuum.
+pub fn statistics_behind(claimed_groups: usize) -> Result<bool> {
     let (believed, counted) = Spi::get_two::<f64, i64>(
         "SELECT CASE WHEN c.relpages > 0 AND c.reltuples >= 0
                      THEN c.reltuples::float8 / c.relpages
@@ -299,10 +298,12 @@ pub fn refresh_statistics_if_stale(claimed_groups: usize) -> Result<()> {
           WHERE c.oid = 'outbound_msg.queue'::regclass",
     )?;
     let least_held = (claimed_groups as f64).max(counted.unwrap_or(0) as f64 / 2.0);
-    if believed.is_some_and(|groups| groups < least_held) {
-        Spi::run("ANALYZE outbound_msg.queue")?;
-    }
-    Ok(())
+    Ok(believed.is_some_and(|groups| groups < least_held))
+}
+
+/// Analyzes the queue (its payloads are not sampled: milliseconds, about once per burst).
+pub fn analyze() -> Result<()> {
+    Ok(Spi::run("ANALYZE outbound_msg.queue")?)
 }
 
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.

@@ -178,9 +178,12 @@ impl Deliverer {
             });
             let next_due = queue::next_due(limits.excluded()).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
-            Some((derived, batches, next_due, fingerprints))
+            let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
+            let analyze =
+                claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
+            Some((derived, batches, next_due, fingerprints, analyze))
         });
-        let (derived, batches, next_due, fingerprints) = match claimed {
+        let (derived, batches, next_due, fingerprints, analyze) = match claimed {
             Some(claimed) => claimed?,
             None => return Some(IDLE_WAIT.min(Duration::from_secs(1))),
         };
@@ -216,11 +219,11 @@ impl Deliverer {
             *self.in_flight.entry(batch.message_id).or_default() += 1;
             self.pool.submit(job(&header, batch, identity));
         }
-        if claimed_groups > 0 {
-            // After the requests are on their way; a failure only leaves the statistics as
-            // they were.
+        if analyze {
+            // After the requests are on their way, in a transaction of its own: a failure only
+            // leaves the statistics as they were.
             super::transaction(|| {
-                if let Err(err) = queue::refresh_statistics_if_stale(claimed_groups) {
+                if let Err(err) = queue::analyze() {
                     warning!("outbound_msg: could not analyze the queue: {}", err.message);
                 }
             });
