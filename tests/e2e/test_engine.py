@@ -124,10 +124,17 @@ def test_statistics_that_call_a_busy_queue_empty_are_refreshed(db, table, listen
         return db.execute("SELECT relpages, reltuples FROM pg_class "
                           "WHERE oid = 'outbound_msg.queue'::regclass").fetchone()
 
+    def manual_analyzes():
+        # Not autovacuum's (autoanalyze_count): only the worker runs a plain ANALYZE here.
+        return db.execute("SELECT analyze_count FROM pg_stat_all_tables "
+                          "WHERE relid = 'outbound_msg.queue'::regclass").fetchone()[0]
+
     pages, tuples = statistics()
     assert pages > 0 and tuples < 5  # groups other tests may have left, expired
+    before = manual_analyzes()
     db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(301, 3300) g")
-    wait_for(lambda: statistics()[1] >= 10, what="the worker to analyze the queue")
+    wait_for(lambda: statistics()[1] >= 10, what="the queue's statistics to catch up")
+    wait_for(lambda: manual_analyzes() > before, what="the worker's own ANALYZE counted")
     wait_for(lambda: len(listener.notifications()) == 3300, what="every row delivered")
 
 
