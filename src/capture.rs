@@ -54,8 +54,9 @@ struct Prepared {
     /// How to render rows of the trigger's table; `None` when the send-as role may not read
     /// the key, so nothing can be sent.
     plan: Option<RowPlan>,
-    /// Whether its row-level security policies filter the rows.
-    row_security: bool,
+    /// When its row-level security policies filter the rows: the query that looks a changed
+    /// row up by key as the send-as role (built once, not per row).
+    visibility_query: Option<String>,
 }
 
 /// Where the key and each readable field sit in a table's rows, and how they are encoded.
@@ -193,7 +194,8 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
                 &message.fields,
             )
             .and_then(|fields| RowPlan::new(desc, &message.key_column, &fields)),
-            row_security: roles::row_security_applies(message.send_as, message.object),
+            visibility_query: roles::row_security_applies(message.send_as, message.object)
+                .then(|| row_by_key(&message.table, &message.key_column, &message.key_type, &[])),
             message,
         })
         .collect();
@@ -246,10 +248,10 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
         if !wanted(message, &new_row, old_row.as_ref())? {
             continue;
         }
-        if prepared.row_security
-            && !Spi::connect_mut(|client| visible_to_send_as(client, message, &new_row))?
-        {
-            continue;
+        if let Some(query) = &prepared.visibility_query {
+            if !Spi::connect_mut(|client| visible_to_send_as(client, message, query, &new_row))? {
+                continue;
+            }
         }
         let (key, payload) = plan.render(&new_row)?;
         pending::add(message.message_id, key, payload)?;
@@ -278,19 +280,19 @@ fn readable_fields(
 }
 
 /// Whether the send-as role's row-level security policies let it see the changed row: the row
-/// is looked up by its key through the message's table, as that role, with its policies
-/// applied. (By key, not by ctid: system columns need table-wide SELECT, which a role granted
+/// is looked up by its key through the message's table (`query`, from [`row_by_key`]), as that
+/// role, with its policies applied. (By key, not by ctid: system columns need table-wide SELECT, which a role granted
 /// only some columns lacks.)
 fn visible_to_send_as(
     client: &mut SpiClient,
     message: &Capture,
+    query: &str,
     row: &Row,
 ) -> crate::error::Result<bool> {
     let key = row.sql_text(&message.key_column)?.unwrap_or_default();
-    let query = row_by_key(&message.table, &message.key_column, &message.key_type, &[]);
     // A read-write execution takes a new snapshot, which sees the row the statement wrote.
     let visible = roles::run_as(message.send_as, || {
-        roles::with_row_security(|| client.update(&query, Some(1), &[key.as_str().into()]))
+        roles::with_row_security(|| client.update(query, Some(1), &[key.as_str().into()]))
     })?;
     Ok(!visible.is_empty())
 }
