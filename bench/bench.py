@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from support.cluster import Cluster, free_port, worker_state  # noqa: E402
+from support.cluster import worker_pid as cluster_worker_pid  # noqa: E402
 from support.listener import ACK, Listener, parse_message  # noqa: E402
 
 RESULTS = []
@@ -246,10 +247,9 @@ def worker_pid(db):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         db.execute("SELECT outbound_msg.wake_worker()")
-        row = db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = "
-                         "'outbound_msg worker' AND datname = current_database()").fetchone()
-        if row:
-            return row[0]
+        pid = cluster_worker_pid(db)
+        if pid:
+            return pid
         time.sleep(0.1)
     raise RuntimeError("no outbound_msg worker started")
 

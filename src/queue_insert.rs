@@ -56,9 +56,6 @@ thread_local! {
 
 /// Inserts `rows` into `outbound_msg.queue` as new, due now; returns their ids in order.
 pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let queue = queue_relid()?;
     let mut ids = Vec::with_capacity(rows.len());
     // SAFETY: the relation is opened and locked for the rest of the transaction; the executor
