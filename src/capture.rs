@@ -126,6 +126,8 @@ thread_local! {
     /// role changes), which PostgreSQL delivers to every backend.
     static GENERATION: Cell<u64> = const { Cell::new(1) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// `outbound_msg.message`, whose invalidation says another backend changed definitions.
+    static DEFINITIONS_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
 /// Makes the next capture look definitions up again.
@@ -134,8 +136,28 @@ pub fn definitions_changed() {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    definitions_changed();
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // Autovacuum's ANALYZE of a busy table invalidates it every few seconds: only relations
+    // the kept definitions depend on make them be looked up again.
+    if relid == pg_sys::InvalidOid || depends_on(relid) {
+        definitions_changed();
+    }
+}
+
+/// Whether what is kept depends on relation `relid`: the definitions table, a table whose
+/// rows are captured, or a table a message is defined on (its grants and policies).
+fn depends_on(relid: pg_sys::Oid) -> bool {
+    if relid == DEFINITIONS_TABLE.get() {
+        return true;
+    }
+    CACHE.with(|cache| {
+        let Ok(cache) = cache.try_borrow() else {
+            return true;
+        };
+        cache.1.iter().any(|(table, prepared)| {
+            *table == relid.to_u32() || prepared.iter().any(|p| p.message.object == relid)
+        })
+    })
 }
 
 #[pg_guard]
@@ -182,6 +204,7 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
         return Ok(cached);
     }
     let messages = Spi::connect(|client| catalog::active_messages(client, relid))?;
+    DEFINITIONS_TABLE.set(catalog::definitions_table());
     // The capture trigger runs as the extension's owner, who writes the queue.
     pending::set_writer(roles::current());
     let prepared: Vec<Prepared> = messages

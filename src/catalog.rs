@@ -173,7 +173,7 @@ fn alter_message(
         };
         let checked = check(client, changed, Some(id), caller)?;
         update(client, id, &checked)?;
-        invalidate_definitions(client)?;
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -207,7 +207,7 @@ fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), 
                 client.update(&drop, None, &[])?;
             }
         }
-        invalidate_definitions(client)?;
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -237,7 +237,7 @@ fn set_active(
             None,
             &[stored.id.into(), active.into()],
         )?;
-        invalidate_definitions(client)?;
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -784,19 +784,29 @@ fn stored_values(checked: &Checked) -> Vec<pgrx::datum::DatumWithOid<'_>> {
     ]
 }
 
+/// The OID of the extension's relation `outbound_msg.name`; InvalidOid while there is none.
+pub fn extension_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: catalog cache lookups by name; a missing schema gives InvalidOid.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"outbound_msg".as_ptr(), true);
+        pg_sys::get_relname_relid(name.as_ptr(), schema)
+    }
+}
+
+/// The definitions table, `outbound_msg.message` (InvalidOid while the extension is absent).
+pub fn definitions_table() -> pg_sys::Oid {
+    extension_relation(c"message")
+}
+
 /// Tells every backend, at commit, that definitions changed (a relcache invalidation of the
 /// definitions table reaches them all), and this one at once.
-fn invalidate_definitions(client: &SpiClient) -> Result<()> {
-    let table = client
-        .select("SELECT 'outbound_msg.message'::regclass::oid", Some(1), &[])?
-        .first()
-        .get_one::<pg_sys::Oid>()?;
-    if let Some(table) = table {
+fn invalidate_definitions() {
+    let table = definitions_table();
+    if table != pg_sys::InvalidOid {
         // SAFETY: queues a transactional invalidation message for a relation that exists.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
     }
     capture::definitions_changed();
-    Ok(())
 }
 
 /// Installs the table's triggers unless a previous message already did.
@@ -819,7 +829,7 @@ fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
             client.update(&create, None, &[])?;
         }
     }
-    invalidate_definitions(client)?;
+    invalidate_definitions();
     Ok(())
 }
 

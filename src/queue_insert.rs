@@ -7,8 +7,13 @@
 //! NOT NULL, indexes (unique and partial ones included) and triggers still apply, through
 //! `ExecSimpleRelationInsert`, as they would for an INSERT. Access rights are not checked: only
 //! the extension writes the queue, as its owner.
+//!
+//! What the queue table is (its OID, which attribute holds which column, the sequence of its
+//! ids) is looked up once and kept until PostgreSQL invalidates the table's relcache entry
+//! (an `ALTER TABLE`, or `DROP EXTENSION` and `CREATE EXTENSION`, which makes a new table).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
@@ -47,25 +52,51 @@ impl Column {
     }
 }
 
+/// What the insert needs to know of `outbound_msg.queue`.
+struct QueueTable {
+    relid: pg_sys::Oid,
+    /// Which column each attribute is (`None`: dropped, or one left NULL).
+    layout: Vec<Option<Column>>,
+    /// The identity sequence of `id`.
+    sequence: pg_sys::Oid,
+}
+
 thread_local! {
-    /// The queue's OID and the identity sequence of its `id`, looked up once per queue table
-    /// (a new one after DROP and CREATE EXTENSION has a new OID).
-    static SEQUENCE: Cell<(pg_sys::Oid, pg_sys::Oid)> =
-        const { Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+    static TABLE: RefCell<Option<Rc<QueueTable>>> = const { RefCell::new(None) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    TABLE.with_borrow_mut(|table| {
+        if relid == pg_sys::InvalidOid || table.as_ref().is_some_and(|t| t.relid == relid) {
+            *table = None;
+        }
+    });
 }
 
 /// Inserts `rows` into `outbound_msg.queue` as new, due now; returns their ids in order.
 pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
-    let queue = queue_relid()?;
+    let relid = match TABLE.with_borrow(|table| table.as_ref().map(|t| t.relid)) {
+        Some(relid) => relid,
+        None => queue_relid()?,
+    };
     let mut ids = Vec::with_capacity(rows.len());
     // SAFETY: the relation is opened and locked for the rest of the transaction; the executor
     // state, its slot and the row context live in the executor state's memory and are freed
     // with it below. An ERROR in between aborts the transaction, which frees them as well.
     unsafe {
-        let relation = pg_sys::table_open(queue, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        // Taking the lock processes pending invalidations: what is known of the table is
+        // checked against the table as it is now, after the lock.
+        let relation = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*relation).rd_att;
-        let layout = layout(desc)?;
-        let sequence = identity_sequence(queue, &layout)?;
+        let table = match queue_table(relid, desc) {
+            Ok(table) => table,
+            Err(err) => {
+                pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return Err(err);
+            }
+        };
 
         let estate = pg_sys::CreateExecutorState();
         let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
@@ -85,38 +116,34 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
             (info, slot, row_memory)
         });
         (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
         pg_sys::AfterTriggerBeginQuery();
 
         for (message_id, record_ids, payloads) in rows {
             let id = pgrx::direct_function_call::<i64>(
                 pg_sys::nextval_oid,
-                &[Some(pg_sys::Datum::from(sequence))],
+                &[Some(pg_sys::Datum::from(table.sequence))],
             )
             .unwrap_or_default();
             pg_sys::ExecClearTuple(slot);
-            let values = std::slice::from_raw_parts_mut((*slot).tts_values, layout.len());
-            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, layout.len());
-            PgMemoryContexts::For(row_memory).switch_to(|_| {
-                let mut record_ids = Some(record_ids);
-                let mut payloads = Some(payloads);
-                for (index, column) in layout.iter().enumerate() {
-                    let value = match column {
-                        None => None,
-                        Some(Column::Id) => Some(pg_sys::Datum::from(id)),
-                        Some(Column::MessageId) => Some(pg_sys::Datum::from(message_id)),
-                        Some(Column::RecordIds) => record_ids.take().into_datum(),
-                        Some(Column::Payloads) => payloads.take().into_datum(),
-                        Some(Column::CreatedAt | Column::NextAttemptAt) => {
-                            Some(pg_sys::Datum::from(now))
-                        }
-                        Some(Column::State) => "queued".into_datum(),
-                        Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
-                    };
-                    values[index] = value.unwrap_or(pg_sys::Datum::from(0));
-                    nulls[index] = value.is_none();
-                }
-            });
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, table.layout.len());
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, table.layout.len());
+            let previous = pg_sys::MemoryContextSwitchTo(row_memory);
+            for (index, column) in table.layout.iter().enumerate() {
+                let value = match column {
+                    None => None,
+                    Some(Column::Id) => Some(pg_sys::Datum::from(id)),
+                    Some(Column::MessageId) => Some(pg_sys::Datum::from(message_id)),
+                    Some(Column::RecordIds) => Some(text_array(&record_ids)),
+                    Some(Column::Payloads) => Some(text_array(&payloads)),
+                    Some(Column::CreatedAt | Column::NextAttemptAt) => Some(now),
+                    Some(Column::State) => Some(text("queued")),
+                    Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
+                };
+                values[index] = value.unwrap_or(pg_sys::Datum::from(0));
+                nulls[index] = value.is_none();
+            }
+            pg_sys::MemoryContextSwitchTo(previous);
             pg_sys::ExecStoreVirtualTuple(slot);
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
             pg_sys::MemoryContextReset(row_memory);
@@ -132,12 +159,68 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
     Ok(ids)
 }
 
+/// A `text` datum of `value`, in the current memory context.
+///
+/// # Safety
+/// Must run in a transaction; the datum lives as long as the current memory context.
+unsafe fn text(value: &str) -> pg_sys::Datum {
+    // SAFETY: copies `value.len()` bytes of `value` into a new varlena.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            value.as_ptr().cast(),
+            value.len() as i32,
+        ))
+    }
+}
+
+/// A one-dimensional `text[]` datum of `items`, in the current memory context.
+///
+/// # Safety
+/// As for [`text`].
+unsafe fn text_array(items: &[String]) -> pg_sys::Datum {
+    // SAFETY: `elements` holds `items.len()` text datums, copied into the new array.
+    unsafe {
+        let mut elements: Vec<pg_sys::Datum> = items.iter().map(|item| text(item)).collect();
+        pg_sys::Datum::from(pg_sys::construct_array_builtin(
+            elements.as_mut_ptr(),
+            elements.len() as i32,
+            pg_sys::TEXTOID,
+        ))
+    }
+}
+
+/// What is known of the queue table `relid`, whose rows `desc` describes: kept from an
+/// earlier call unless invalidated since.
+///
+/// # Safety
+/// `desc` must be the descriptor of `relid`, opened and locked.
+unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<QueueTable>> {
+    let kept = TABLE.with_borrow(|table| table.as_ref().filter(|t| t.relid == relid).cloned());
+    if let Some(table) = kept {
+        return Ok(table);
+    }
+    if !CALLBACK_REGISTERED.replace(true) {
+        // SAFETY: registers a callback that lives as long as the library; it only forgets.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+    // SAFETY: as the caller guarantees.
+    let layout = unsafe { layout(desc) }?;
+    let table = Rc::new(QueueTable {
+        relid,
+        sequence: identity_sequence(relid, &layout)?,
+        layout,
+    });
+    TABLE.set(Some(Rc::clone(&table)));
+    Ok(table)
+}
+
 fn queue_relid() -> Result<pg_sys::Oid> {
-    // SAFETY: catalog cache lookups by name.
-    let relid = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"outbound_msg".as_ptr(), false);
-        pg_sys::get_relname_relid(c"queue".as_ptr(), schema)
-    };
+    let relid = crate::catalog::extension_relation(c"queue");
     if relid == pg_sys::InvalidOid {
         return Err(Error::new(
             Kind::Internal,
@@ -166,12 +249,8 @@ unsafe fn layout(desc: pg_sys::TupleDesc) -> Result<Vec<Option<Column>>> {
     Ok(layout)
 }
 
-/// The sequence that numbers the queue's rows, looked up once per queue table.
+/// The sequence that numbers the queue's rows.
 fn identity_sequence(queue: pg_sys::Oid, layout: &[Option<Column>]) -> Result<pg_sys::Oid> {
-    let (known_queue, known_sequence) = SEQUENCE.get();
-    if known_queue == queue {
-        return Ok(known_sequence);
-    }
     let attno = layout
         .iter()
         .position(|c| matches!(c, Some(Column::Id)))
@@ -185,6 +264,5 @@ fn identity_sequence(queue: pg_sys::Oid, layout: &[Option<Column>]) -> Result<pg
             "outbound_msg.queue.id is not an identity column",
         ));
     }
-    SEQUENCE.set((queue, sequence));
     Ok(sequence)
 }

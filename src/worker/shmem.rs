@@ -84,6 +84,16 @@ pub fn request_delivery(database: pg_sys::Oid) {
     if !available() {
         return;
     }
+    // Most commits find the worker already woken (or paused): a shared lock tells them so
+    // without making concurrent commits wait for one another.
+    let settled = SHARED
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.database == database.to_u32() && s.latch != 0 && (s.woken || s.paused));
+    if settled {
+        return;
+    }
     let latch = {
         let mut shared = SHARED.exclusive();
         let launcher = shared.launcher_latch;
