@@ -4,7 +4,6 @@
 -- The capture trigger writes the queue, which the changing role cannot: it runs as the
 -- extension's owner, and reads the changed row only through its trigger data.
 ALTER FUNCTION outbound_msg.capture() SECURITY DEFINER;
-ALTER FUNCTION outbound_msg.flush() SECURITY DEFINER;
 
 -- Hides the password of credentials in a URL (scheme://user:password@host).
 CREATE FUNCTION outbound_msg.mask_credentials(url text) RETURNS text

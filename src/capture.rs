@@ -37,17 +37,6 @@ fn capture<'a>(
     Ok(None)
 }
 
-/// Statement-level trigger installed with `capture`: writes what the statement captured.
-#[pg_trigger]
-fn flush<'a>(
-    _trigger: &'a PgTrigger<'a>,
-) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    if let Err(err) = pending::flush() {
-        err.report();
-    }
-    Ok(None)
-}
-
 /// A message of a table with what this statement may send of it.
 struct Prepared {
     message: Capture,

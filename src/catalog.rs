@@ -14,12 +14,9 @@ use crate::error::{Error, Kind, Result};
 use crate::sqltypes::{RegClass, RegRole};
 use crate::{capture, certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
 
-/// The triggers of a table with messages: the row trigger that captures each change, and the
-/// statement trigger that writes what the statement captured. Name, level, function.
-const TRIGGERS: [(&str, &str, &str); 2] = [
-    ("outbound_msg_capture", "ROW", "outbound_msg.capture()"),
-    ("outbound_msg_flush", "STATEMENT", "outbound_msg.flush()"),
-];
+/// The trigger of a table with messages, which captures each change (what a statement captured
+/// is written when it finishes: see `pending`).
+const TRIGGER: &str = "outbound_msg_capture";
 
 /// Field names the base `sObject` type already has.
 const RESERVED_FIELDS: [&str; 2] = ["Id", "fieldsToNull"];
@@ -199,13 +196,11 @@ fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), 
             .len();
         if left == 0 {
             let table = table_text(client, object.0)?;
-            for (name, _, _) in TRIGGERS {
-                let drop = format!(
-                    "DROP TRIGGER IF EXISTS {} ON {table}",
-                    quote_identifier(name)
-                );
-                client.update(&drop, None, &[])?;
-            }
+            let drop = format!(
+                "DROP TRIGGER IF EXISTS {} ON {table}",
+                quote_identifier(TRIGGER)
+            );
+            client.update(&drop, None, &[])?;
         }
         invalidate_definitions();
         Ok(())
@@ -809,25 +804,23 @@ fn invalidate_definitions() {
     capture::definitions_changed();
 }
 
-/// Installs the table's triggers unless a previous message already did.
+/// Installs the table's trigger unless a previous message already did.
 fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
-    for (name, level, function) in TRIGGERS {
-        let present = client
-            .select(
-                "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
-                Some(1),
-                &[table.into(), name.into()],
-            )?
-            .len()
-            == 1;
-        if !present {
-            // `table` is regclass output: already quoted and qualified as needed.
-            let create = format!(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {table} FOR EACH {level} EXECUTE FUNCTION {function}",
-                quote_identifier(name)
-            );
-            client.update(&create, None, &[])?;
-        }
+    let present = client
+        .select(
+            "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
+            Some(1),
+            &[table.into(), TRIGGER.into()],
+        )?
+        .len()
+        == 1;
+    if !present {
+        // `table` is regclass output: already quoted and qualified as needed.
+        let create = format!(
+            "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION outbound_msg.capture()",
+            quote_identifier(TRIGGER)
+        );
+        client.update(&create, None, &[])?;
     }
     invalidate_definitions();
     Ok(())

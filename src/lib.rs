@@ -41,6 +41,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     secrets::install_log_filter();
+    pending::install_hook();
     worker::register();
 }
 

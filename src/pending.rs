@@ -1,12 +1,16 @@
 //! Notifications captured but not yet written to the queue.
 //!
 //! The row trigger renders each change and appends it here; the buffer is written as groups of
-//! notifications (one queue row per message and up to `batch_size` notifications) by the
-//! statement-level trigger at the end of the statement, before commit or PREPARE if anything is
-//! left (a statement on a partition does not fire its parent's statement trigger), and whenever
-//! it grows large. Rows captured in a subtransaction that rolls back are forgotten with it; a
-//! transaction that aborts forgets everything. So the queue receives exactly the committed
-//! changes, as it would with one INSERT per row, at a fraction of the cost.
+//! notifications (one queue row per message and up to `batch_size` notifications) when the
+//! statement whose AFTER triggers captured them finishes (an `ExecutorFinish` hook: no second
+//! trigger to call per statement), before commit or PREPARE if anything is left (COPY runs no
+//! executor of its own), and whenever the buffer grows large.
+//!
+//! A notification is written only in the subtransaction that captured it (or, once that one
+//! committed, its parent): a row written in a subtransaction that later rolls back would be lost
+//! although the change it reports stays. Rows captured in a subtransaction that rolls back are
+//! forgotten with it; a transaction that aborts forgets everything. So the queue receives
+//! exactly the committed changes, as it would with one INSERT per row, at a fraction of the cost.
 
 use std::cell::{Cell, RefCell};
 
@@ -24,17 +28,69 @@ struct Pending {
     payload: String,
     /// Subtransaction that captured it: dropped if that subtransaction rolls back.
     subtransaction: pg_sys::SubTransactionId,
+    /// How deep in nested statements' `ExecutorFinish` it was captured (0: outside any).
+    depth: u32,
 }
 
 thread_local! {
     static BUFFER: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// The buffer length at which the row trigger writes it.
+    static FLUSH_LENGTH: Cell<usize> = const { Cell::new(FLUSH_AT) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// The extension's owner, who writes the queue (the capture trigger runs as it).
     static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// Statements whose `ExecutorFinish` is running, nested in one another.
+    static FINISH_DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Records the role that writes the queue when what is left is written before commit: the
-/// extension's owner, as which the capture trigger runs.
+static mut PREVIOUS_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+
+/// Installs the hook that writes what a statement captured when it finishes.
+pub fn install_hook() {
+    // SAFETY: runs once, in _PG_init, before any query of this process; the previous hook is
+    // kept and called.
+    unsafe {
+        PREVIOUS_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+    }
+}
+
+/// Restores the depth when `ExecutorFinish` returns, also when it raises an ERROR.
+struct Depth(u32);
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        FINISH_DEPTH.set(self.0);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    let outer = FINISH_DEPTH.get();
+    let depth = outer + 1;
+    {
+        let _restore = Depth(outer);
+        FINISH_DEPTH.set(depth);
+        // SAFETY: the executor's own arguments, passed on unchanged. An ERROR in another
+        // extension's hook becomes a Rust panic at the guard, so `_restore` runs.
+        unsafe {
+            match PREVIOUS_EXECUTOR_FINISH {
+                Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| previous(query)),
+                None => pg_sys::standard_ExecutorFinish(query),
+            }
+        }
+    }
+    // The statement's AFTER triggers have run: write what they captured (rows captured by
+    // statements nested inside them were written when those finished).
+    if BUFFER.with_borrow(|buffer| buffer.iter().any(|p| p.depth >= depth)) {
+        if let Err(err) = roles::run_as(OWNER.get(), || flush(depth)) {
+            err.report();
+        }
+    }
+}
+
+/// Records the role that writes the queue: the extension's owner, as which the capture
+/// trigger runs.
 pub fn set_writer(role: pg_sys::Oid) {
     OWNER.set(role);
 }
@@ -44,29 +100,62 @@ pub fn add(message_id: i64, record_id: String, payload: String) -> Result<()> {
     register_callbacks();
     // SAFETY: reads the current subtransaction's id.
     let subtransaction = unsafe { unguarded::GetCurrentSubTransactionId() };
+    let depth = FINISH_DEPTH.get();
     let len = BUFFER.with_borrow_mut(|buffer| {
         buffer.push(Pending {
             message_id,
             record_id,
             payload,
             subtransaction,
+            depth,
         });
         buffer.len()
     });
-    if len >= FLUSH_AT {
-        flush()?;
+    if len >= FLUSH_LENGTH.get() {
+        flush(0)?;
+        // What is left belongs to enclosing subtransactions: wait for as many new ones again.
+        FLUSH_LENGTH.set(BUFFER.with_borrow(Vec::len) + FLUSH_AT);
     }
     Ok(())
 }
 
-/// Writes every waiting notification to the queue, grouped per message in capture order.
-pub fn flush() -> Result<()> {
-    let pending = BUFFER.with_borrow_mut(std::mem::take);
-    if pending.is_empty() {
+/// Forgets what waits of messages dropped since it was captured (with their table, say):
+/// only rows a COPY captured, or a large statement inside a subtransaction left, wait so long.
+fn forget_vanished_messages() -> Result<()> {
+    let mut waiting: Vec<i64> = BUFFER.with_borrow(|b| b.iter().map(|p| p.message_id).collect());
+    waiting.sort_unstable();
+    waiting.dedup();
+    let existing: Vec<i64> = Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT coalesce(array_agg(id), '{}') FROM outbound_msg.message WHERE id = ANY ($1)",
+        &[waiting.into()],
+    )?
+    .unwrap_or_default();
+    BUFFER.with_borrow_mut(|buffer| buffer.retain(|p| existing.contains(&p.message_id)));
+    Ok(())
+}
+
+/// Forgets what waits of a message that is being dropped.
+pub fn forget_message(message_id: i64) {
+    BUFFER.with_borrow_mut(|buffer| buffer.retain(|p| p.message_id != message_id));
+}
+
+/// Writes, grouped per message in capture order, every waiting notification captured at
+/// statement depth `depth` or deeper by the current subtransaction.
+fn flush(depth: u32) -> Result<()> {
+    // SAFETY: reads the current subtransaction's id.
+    let current = unsafe { unguarded::GetCurrentSubTransactionId() };
+    let due = BUFFER.with_borrow_mut(|buffer| {
+        let (due, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(buffer)
+            .into_iter()
+            .partition(|p| p.depth >= depth && p.subtransaction == current);
+        *buffer = kept;
+        due
+    });
+    if due.is_empty() {
         return Ok(());
     }
     let mut groups = queue::Groups::new(guc::batch_size());
-    for notification in pending {
+    for notification in due {
         groups.push(
             notification.message_id,
             notification.record_id,
@@ -95,21 +184,34 @@ unsafe extern "C-unwind" fn on_transaction(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        // Still inside the transaction: what is left is written in it, as the queue's owner.
+        // Still inside the transaction, in its top level: what is left is written in it, as
+        // the queue's owner.
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
             if BUFFER.with_borrow(Vec::is_empty) {
                 return;
             }
+            // DROP EXTENSION in this transaction took the queue, and every message, with it.
+            if crate::catalog::extension_relation(c"queue") == pg_sys::InvalidOid {
+                BUFFER.with_borrow_mut(Vec::clear);
+                return;
+            }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
             unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-            let written = roles::run_as(OWNER.get(), flush);
+            let written = roles::run_as(OWNER.get(), || {
+                forget_vanished_messages()?;
+                flush(0)
+            });
             // SAFETY: pops the snapshot pushed above.
             unsafe { pg_sys::PopActiveSnapshot() };
+            FLUSH_LENGTH.set(FLUSH_AT);
             if let Err(err) = written {
                 err.report();
             }
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => BUFFER.with_borrow_mut(Vec::clear),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            BUFFER.with_borrow_mut(Vec::clear);
+            FLUSH_LENGTH.set(FLUSH_AT);
+        }
         _ => {}
     }
 }

@@ -100,24 +100,24 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
 
         let estate = pg_sys::CreateExecutorState();
         let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
-        let (info, slot, row_memory) = query_memory.switch_to(|_| {
+        let (info, slot) = query_memory.switch_to(|_| {
             let info = PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo)
                 .into_pg();
             pg_sys::InitResultRelInfo(info, relation, 0, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(info, false);
             let slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual);
-            let row_memory = pg_sys::AllocSetContextCreateInternal(
-                (*estate).es_query_cxt,
-                c"outbound_msg queue row".as_ptr(),
-                0,
-                8 * 1024,
-                8 * 1024 * 1024,
-            );
-            (info, slot, row_memory)
+            (info, slot)
         });
+        // Each row's values are formed in the executor state's per-tuple memory, reset after
+        // the row is stored.
+        let row_memory = (*pg_sys::MakePerTupleExprContext(estate)).ecxt_per_tuple_memory;
         (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
         let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-        pg_sys::AfterTriggerBeginQuery();
+        // Triggers on the queue (there are none of ours) would queue their events here.
+        let has_triggers = !(*relation).trigdesc.is_null();
+        if has_triggers {
+            pg_sys::AfterTriggerBeginQuery();
+        }
 
         for (message_id, record_ids, payloads) in rows {
             let id = pgrx::direct_function_call::<i64>(
@@ -150,7 +150,9 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
             ids.push(id);
         }
 
-        pg_sys::AfterTriggerEndQuery(estate);
+        if has_triggers {
+            pg_sys::AfterTriggerEndQuery(estate);
+        }
         pg_sys::ExecCloseIndices(info);
         pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
         pg_sys::FreeExecutorState(estate);

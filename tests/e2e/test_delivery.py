@@ -100,6 +100,56 @@ def test_large_values_are_stored_out_of_line_and_arrive_intact(db, listener):
     assert fields["filler"] == "abc" * 400_000
 
 
+def test_rows_are_queued_by_the_statement_that_captured_them_not_by_a_later_savepoint(
+        db, listener):
+    # COPY runs no executor of its own: its rows wait in the backend until commit. A later
+    # statement inside a savepoint writes only what that savepoint captured, so rolling the
+    # savepoint back cannot take the COPY's notifications with it.
+    db.execute("CREATE TABLE parcel (id int PRIMARY KEY, note text)")
+    message_id = define(db, "parcel", ["note"], listener.url)
+    with db.transaction():
+        with db.cursor().copy("COPY parcel FROM STDIN") as copy:
+            copy.write_row((1, "copied"))
+            copy.write_row((2, "copied"))
+        db.execute("INSERT INTO parcel VALUES (3, 'kept')")
+        assert queued(db, message_id) >= 1, "an INSERT's rows are queued when it finishes"
+        db.execute("SAVEPOINT s")
+        db.execute("INSERT INTO parcel VALUES (4, 'rolled back')")
+        db.execute("ROLLBACK TO SAVEPOINT s")
+        db.execute("UPDATE parcel SET note = 'updated' WHERE id = 3")
+
+    wait_for(lambda: queued(db, message_id) == 0 and len(listener.notifications()) >= 4,
+             what="four notifications delivered")
+    sent = sorted((n["fields"]["Id"], n["fields"]["note"]) for n in listener.notifications())
+    assert sent == [("1", "copied"), ("2", "copied"), ("3", "kept"), ("3", "updated")]
+
+
+def test_rows_left_waiting_by_copy_go_with_a_table_or_extension_dropped_before_commit(
+        db, cluster, listener):
+    db.execute("CREATE TABLE crate (id int PRIMARY KEY)")
+    message_id = define(db, "crate", [], listener.url)
+    with db.transaction():
+        with db.cursor().copy("COPY crate FROM STDIN") as copy:
+            copy.write_row((1,))
+        db.execute("DROP TABLE crate")
+    assert queued(db, message_id) == 0, "nothing queued for a message dropped with its table"
+
+    db.execute("CREATE DATABASE copy_then_drop")
+    try:
+        with cluster.connect(dbname="copy_then_drop") as other:
+            other.execute("CREATE EXTENSION outbound_msg")
+            other.execute("CREATE TABLE crate (id int PRIMARY KEY)")
+            define(other, "crate", [], listener.url)
+            with other.transaction():
+                with other.cursor().copy("COPY crate FROM STDIN") as copy:
+                    copy.write_row((1,))
+                other.execute("DROP EXTENSION outbound_msg CASCADE")
+            assert other.execute("SELECT count(*) FROM crate").fetchone()[0] == 1, \
+                "the transaction committed"
+    finally:
+        db.execute("DROP DATABASE copy_then_drop WITH (FORCE)")
+
+
 def test_created_sends_inserts_only(db, listener):
     db.execute("CREATE TABLE signup (id int PRIMARY KEY, email text)")
     message_id = db.execute(
