@@ -41,9 +41,8 @@ COMMENT ON COLUMN outbound_msg.message.key_column IS
 -- Each backend takes its ids a hundred at a time (CACHE 100): a single-row capture then
 -- numbers its row without touching the sequence's page. Ids stay unique and grow; they are not
 -- in commit order across backends (they never were), and a backend that exits leaves a gap.
--- No index on id alone (see queue_due).
 CREATE TABLE outbound_msg.queue (
-    id              bigint GENERATED ALWAYS AS IDENTITY (CACHE 100),
+    id              bigint GENERATED ALWAYS AS IDENTITY (CACHE 100) PRIMARY KEY,
     message_id      bigint NOT NULL,
     record_ids      text[] NOT NULL,
     payloads        text[] COMPRESSION lz4 NOT NULL,
@@ -55,16 +54,12 @@ CREATE TABLE outbound_msg.queue (
     last_error      text,
     retried_at      timestamptz
 );
--- The queue's only index. Claims read each message's groups in order of due time, and only of
--- messages that may take more: a message whose connections are all busy costs a claim nothing,
--- whatever its backlog. A delivery's outcome finds its groups by message, lease end (the
--- next_attempt_at its claim set) and id. Administrative work on one message (retry, discard,
--- drop) uses it too; only retry() and discard() of a single notification scan the queue. Each
--- index costs every capturing transaction an insert, and a single-row capture spent a sixth of
--- its time on a second one, on id.
+-- Claims read each message's groups in order of due time, and only of messages that may take
+-- more: a message whose connections are all busy costs a claim nothing, whatever its backlog.
 -- Not partial (WHERE state <> 'expired'): an expired group's next_attempt_at is 'infinity',
 -- after every due one, and a partial index's predicate is planned again for every INSERT
--- statement, a sixth of a single-row capture's cost.
+-- statement, a sixth of a single-row capture's cost. Administrative work on one message
+-- (retry, discard, drop) uses it too.
 CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id);
 -- Never searched by content: ANALYZE (autovacuum's, or the worker's after a burst) need not
 -- read and hash every payload.

@@ -129,18 +129,6 @@ pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// The queue rows (groups) one delivery holds, and the end of its lease: the rows' own
-/// `next_attempt_at`, which with their message finds them again through the queue's index. A
-/// row whose lease changed since (it ran out and another delivery claimed the row, or an
-/// administrator retried it) is no longer this delivery's to acknowledge or fail.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Rows {
-    /// Queue row ids, oldest first.
-    pub ids: Vec<i64>,
-    /// `next_attempt_at` the claim gave them, in PostgreSQL's microseconds.
-    pub leased_until: i64,
-}
-
 /// Notifications of one outbound message, to be sent in one SOAP message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -148,8 +136,8 @@ pub struct Batch {
     pub endpoint_url: String,
     /// The table's name, the sObject type.
     pub object_type: String,
-    /// Queue rows (groups) in it.
-    pub rows: Rows,
+    /// Queue rows (groups) in it, oldest first.
+    pub rows: Vec<i64>,
     /// Notification numbers and rendered fields, in order.
     pub notifications: Vec<(u64, String)>,
     /// Most attempts among its groups, this one included.
@@ -204,26 +192,26 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                    FROM outbound_msg.message m
                   WHERE m.id <> ALL ($2)),
              scan AS (
-                 SELECT q.ctid AS row_ctid, q.id, q.message_id, q.next_attempt_at,
-                        a.n AS allowed, cardinality(q.record_ids) AS size
+                 SELECT q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
+                        cardinality(q.record_ids) AS size
                    FROM allowance a
                   CROSS JOIN LATERAL (
-                        SELECT ctid, id, message_id, next_attempt_at, record_ids
+                        SELECT id, message_id, next_attempt_at, record_ids
                           FROM outbound_msg.queue
                          WHERE message_id = a.message_id AND next_attempt_at <= now()
                            AND state <> 'expired'
                          ORDER BY next_attempt_at, id
                          LIMIT least(a.n, $1)) q),
              running AS (
-                 SELECT row_ctid, size, allowed,
+                 SELECT id, size, allowed,
                         sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
                             AS message_total,
                         sum(size) OVER (ORDER BY next_attempt_at, id) AS total
                    FROM scan),
              locked AS (
-                 SELECT q.ctid FROM outbound_msg.queue q
-                  WHERE q.ctid = ANY (ARRAY(
-                            SELECT r.row_ctid FROM running r
+                 SELECT q.id FROM outbound_msg.queue q
+                  WHERE q.id = ANY (ARRAY(
+                            SELECT r.id FROM running r
                              WHERE r.total - r.size < $1
                                AND r.message_total - r.size < r.allowed))
                     FOR UPDATE SKIP LOCKED)
@@ -233,11 +221,11 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                     state = 'sending',
                     next_attempt_at = now() + make_interval(secs => $6)
                FROM outbound_msg.message m
-              WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM locked)) AND m.id = q.message_id
+              WHERE q.id = ANY (ARRAY(SELECT id FROM locked)) AND m.id = q.message_id
              RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
                        (SELECT c.relname::text FROM pg_catalog.pg_class c
                          WHERE c.oid = m.object),
-                       m.client_certificate, q.next_attempt_at",
+                       m.client_certificate",
             &[
                 pg_sys::INT8OID,
                 pg_sys::INT8ARRAYOID,
@@ -266,10 +254,6 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                 endpoint_url: row.get(5)?.unwrap_or_default(),
                 object_type: row.get(6)?.unwrap_or_default(),
                 client_certificate: row.get(7)?,
-                leased_until: row
-                    .get::<pgrx::datum::TimestampWithTimeZone>(8)?
-                    .map(i64::from)
-                    .unwrap_or_default(),
             });
         }
         Ok(into_batches(claimed, limits.batch_size))
@@ -324,14 +308,13 @@ pub fn analyze() -> Result<()> {
 }
 
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.
-pub fn acknowledge(message_id: i64, rows: &Rows) -> Result<()> {
+pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
     Spi::connect_mut(|client| {
         kept_update(
             &ACKNOWLEDGE,
             client,
             "WITH gone AS (
-                 DELETE FROM outbound_msg.queue
-                  WHERE message_id = $2 AND next_attempt_at = $3 AND id = ANY ($1)
+                 DELETE FROM outbound_msg.queue WHERE id = ANY ($1)
                  RETURNING created_at, cardinality(record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s
                     (message_id, delivered, last_success, latency_total, last_latency)
@@ -344,17 +327,9 @@ pub fn acknowledge(message_id: i64, rows: &Rows) -> Result<()> {
                     last_success = excluded.last_success,
                     latency_total = s.latency_total + excluded.latency_total,
                     last_latency = excluded.last_latency",
-            &[
-                pg_sys::INT8ARRAYOID,
-                pg_sys::INT8OID,
-                pg_sys::TIMESTAMPTZOID,
-            ],
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8OID],
             None,
-            &[
-                rows.ids.clone().into(),
-                message_id.into(),
-                leased_until(rows)?.into(),
-            ],
+            &[rows.to_vec().into(), message_id.into()],
         )?;
         Ok(())
     })
@@ -365,7 +340,7 @@ pub fn acknowledge(message_id: i64, rows: &Rows) -> Result<()> {
 /// error, never tried again unless retried by an administrator.
 pub fn record_failure(
     message_id: i64,
-    rows: &Rows,
+    rows: &[i64],
     reason: &str,
     retry_in: Duration,
     max_age: Duration,
@@ -384,7 +359,7 @@ pub fn record_failure(
                                  THEN 'infinity'
                                  ELSE least(now() + $3, coalesce(q.retried_at, q.created_at) + $4)
                             END
-                  WHERE q.message_id = $5 AND q.next_attempt_at = $6 AND q.id = ANY ($1)
+                  WHERE q.id = ANY ($1)
                  RETURNING cardinality(q.record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s (message_id, failed_attempts, last_failure)
              SELECT $5, sum(size), now() FROM failed
@@ -399,28 +374,17 @@ pub fn record_failure(
                 pg_sys::INTERVALOID,
                 pg_sys::INTERVALOID,
                 pg_sys::INT8OID,
-                pg_sys::TIMESTAMPTZOID,
             ],
             None,
             &[
-                rows.ids.clone().into(),
+                rows.to_vec().into(),
                 reason.into(),
                 interval(retry_in).into(),
                 interval(max_age).into(),
                 message_id.into(),
-                leased_until(rows)?.into(),
             ],
         )?;
         Ok(())
-    })
-}
-
-fn leased_until(rows: &Rows) -> Result<pgrx::datum::TimestampWithTimeZone> {
-    pgrx::datum::TimestampWithTimeZone::try_from(rows.leased_until).map_err(|_| {
-        crate::error::Error::new(
-            crate::error::Kind::Internal,
-            "a claimed lease is not a valid timestamp",
-        )
     })
 }
 
@@ -550,7 +514,6 @@ struct Claimed {
     endpoint_url: String,
     object_type: String,
     client_certificate: Option<String>,
-    leased_until: i64,
 }
 
 /// Groups claimed rows by message, each message's rows in queue order (`UPDATE ... RETURNING`
@@ -561,26 +524,22 @@ fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
     let mut by_message: BTreeMap<i64, Vec<Batch>> = BTreeMap::new();
     for row in claimed {
         let batches = by_message.entry(row.message_id).or_default();
-        let fits = batches.last().is_some_and(|b| {
-            b.notifications.len() + row.payloads.len() <= batch_size
-                && b.rows.leased_until == row.leased_until
-        });
+        let fits = batches
+            .last()
+            .is_some_and(|b| b.notifications.len() + row.payloads.len() <= batch_size);
         if !fits {
             batches.push(Batch {
                 message_id: row.message_id,
                 endpoint_url: row.endpoint_url,
                 object_type: row.object_type,
-                rows: Rows {
-                    ids: Vec::new(),
-                    leased_until: row.leased_until,
-                },
+                rows: Vec::new(),
                 notifications: Vec::with_capacity(batch_size),
                 attempts: 0,
                 client_certificate: row.client_certificate,
             });
         }
         if let Some(batch) = batches.last_mut() {
-            batch.rows.ids.push(row.id);
+            batch.rows.push(row.id);
             batch.attempts = batch.attempts.max(row.attempts);
             for (position, payload) in row.payloads.into_iter().enumerate() {
                 batch
@@ -605,7 +564,6 @@ mod tests {
             endpoint_url: format!("http://e{message_id}/"),
             object_type: "t".into(),
             client_certificate: None,
-            leased_until: 1,
         }
     }
 
@@ -623,7 +581,7 @@ mod tests {
             .map(|b| {
                 (
                     b.message_id,
-                    b.rows.ids.clone(),
+                    b.rows.clone(),
                     b.notifications.len(),
                     b.attempts,
                 )

@@ -178,7 +178,7 @@ impl Deliverer {
             });
             let next_due = queue::next_due(limits.excluded()).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
-            let claimed_groups = batches.iter().map(|b| b.rows.ids.len()).sum();
+            let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
             let analyze =
                 claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
             Some((derived, batches, next_due, fingerprints, analyze))
@@ -191,7 +191,7 @@ impl Deliverer {
         self.derived_organization_id = Some(derived);
 
         let claimed_rows: usize = batches.iter().map(|b| b.notifications.len()).sum();
-        let claimed_groups: usize = batches.iter().map(|b| b.rows.ids.len()).sum();
+        let claimed_groups: usize = batches.iter().map(|b| b.rows.len()).sum();
         self.claimed_since_vacuum += claimed_groups;
         let header = HeaderValues {
             organization_id,
@@ -313,7 +313,7 @@ fn report_state(state: &'static std::ffi::CStr) {
 fn refusal(batch: &Batch, reason: String) -> Done {
     Done {
         message_id: batch.message_id,
-        rows: batch.rows.clone(),
+        ids: batch.rows.clone(),
         attempts: batch.attempts,
         outcome: Err(reason),
     }
@@ -358,7 +358,7 @@ fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identi
     let body = soap::write_envelope(&header, &batch.object_type, &notifications);
     Job {
         message_id: batch.message_id,
-        rows: batch.rows,
+        ids: batch.rows,
         attempts: batch.attempts,
         url: batch.endpoint_url,
         body,
@@ -397,9 +397,9 @@ impl Outcomes {
     fn record(&self) {
         for (done, delay) in &self.finished {
             let recorded = match &done.outcome {
-                Ok(()) => queue::acknowledge(done.message_id, &done.rows),
+                Ok(()) => queue::acknowledge(done.message_id, &done.ids),
                 Err(reason) => {
-                    queue::record_failure(done.message_id, &done.rows, reason, *delay, self.max_age)
+                    queue::record_failure(done.message_id, &done.ids, reason, *delay, self.max_age)
                 }
             };
             if let Err(err) = recorded {

@@ -21,8 +21,8 @@ use crate::tls::{Identity, Roots};
 /// One SOAP message to post.
 pub struct Job {
     pub message_id: i64,
-    /// Queue rows of its notifications.
-    pub rows: crate::queue::Rows,
+    /// Queue ids of its notifications.
+    pub ids: Vec<i64>,
     /// Most attempts among its notifications, this one included (for the backoff).
     pub attempts: u32,
     pub url: String,
@@ -34,7 +34,7 @@ pub struct Job {
 /// The outcome of a job.
 pub struct Done {
     pub message_id: i64,
-    pub rows: crate::queue::Rows,
+    pub ids: Vec<i64>,
     pub attempts: u32,
     pub outcome: Result<(), String>,
 }
@@ -181,7 +181,7 @@ fn serve(
         let outcome = client.deliver(&job.url, &job.body);
         let finished = Done {
             message_id: job.message_id,
-            rows: job.rows,
+            ids: job.ids,
             attempts: job.attempts,
             outcome,
         };
@@ -212,10 +212,7 @@ mod tests {
         for id in 0..3 {
             pool.submit(Job {
                 message_id: 7,
-                rows: crate::queue::Rows {
-                    ids: vec![id],
-                    leased_until: 0,
-                },
+                ids: vec![id],
                 attempts: 1,
                 url: url.clone(),
                 body: "<x/>".into(),
