@@ -41,6 +41,9 @@ thread_local! {
     static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Statements whose `ExecutorFinish` is running, nested in one another.
     static FINISH_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// The deepest `depth` in the buffer (0 when empty): a statement finishing above it has
+    /// nothing to write, known without reading the buffer (criteria run a query per row).
+    static DEEPEST: Cell<u32> = const { Cell::new(0) };
 }
 
 static mut PREVIOUS_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
@@ -82,7 +85,7 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     }
     // The statement's AFTER triggers have run: write what they captured (rows captured by
     // statements nested inside them were written when those finished).
-    if BUFFER.with_borrow(|buffer| buffer.iter().any(|p| p.depth >= depth)) {
+    if DEEPEST.get() >= depth {
         if let Err(err) = roles::run_as(OWNER.get(), || flush(depth)) {
             err.report();
         }
@@ -111,6 +114,7 @@ pub fn add(message_id: i64, record_id: String, payload: String) -> Result<()> {
         });
         buffer.len()
     });
+    DEEPEST.set(DEEPEST.get().max(depth));
     if len >= FLUSH_LENGTH.get() {
         flush(0)?;
         // What is left belongs to enclosing subtransactions: wait for as many new ones again.
@@ -130,13 +134,23 @@ fn forget_vanished_messages() -> Result<()> {
         &[waiting.into()],
     )?
     .unwrap_or_default();
-    BUFFER.with_borrow_mut(|buffer| buffer.retain(|p| existing.contains(&p.message_id)));
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.retain(|p| existing.contains(&p.message_id));
+        DEEPEST.set(deepest(buffer));
+    });
     Ok(())
 }
 
 /// Forgets what waits of a message that is being dropped.
 pub fn forget_message(message_id: i64) {
-    BUFFER.with_borrow_mut(|buffer| buffer.retain(|p| p.message_id != message_id));
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.retain(|p| p.message_id != message_id);
+        DEEPEST.set(deepest(buffer));
+    });
+}
+
+fn deepest(buffer: &[Pending]) -> u32 {
+    buffer.iter().map(|p| p.depth).max().unwrap_or(0)
 }
 
 /// Writes, grouped per message in capture order, every waiting notification captured at
@@ -149,6 +163,7 @@ fn flush(depth: u32) -> Result<()> {
             .into_iter()
             .partition(|p| p.depth >= depth && p.subtransaction == current);
         *buffer = kept;
+        DEEPEST.set(deepest(buffer));
         due
     });
     if due.is_empty() {
@@ -193,6 +208,7 @@ unsafe extern "C-unwind" fn on_transaction(
             // DROP EXTENSION in this transaction took the queue, and every message, with it.
             if crate::catalog::extension_relation(c"queue") == pg_sys::InvalidOid {
                 BUFFER.with_borrow_mut(Vec::clear);
+                DEEPEST.set(0);
                 return;
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
@@ -210,6 +226,7 @@ unsafe extern "C-unwind" fn on_transaction(
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             BUFFER.with_borrow_mut(Vec::clear);
+            DEEPEST.set(0);
             FLUSH_LENGTH.set(FLUSH_AT);
         }
         _ => {}
@@ -225,7 +242,10 @@ unsafe extern "C-unwind" fn on_subtransaction(
 ) {
     use pg_sys::SubXactEvent::*;
     BUFFER.with_borrow_mut(|buffer| match event {
-        SUBXACT_EVENT_ABORT_SUB => buffer.retain(|p| p.subtransaction != subtransaction),
+        SUBXACT_EVENT_ABORT_SUB => {
+            buffer.retain(|p| p.subtransaction != subtransaction);
+            DEEPEST.set(deepest(buffer));
+        }
         SUBXACT_EVENT_COMMIT_SUB => {
             for pending in buffer
                 .iter_mut()
