@@ -134,23 +134,24 @@ fn forget_vanished_messages() -> Result<()> {
         &[waiting.into()],
     )?
     .unwrap_or_default();
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.retain(|p| existing.contains(&p.message_id));
-        DEEPEST.set(deepest(buffer));
-    });
+    retain(|p| existing.contains(&p.message_id));
     Ok(())
 }
 
 /// Forgets what waits of a message that is being dropped.
 pub fn forget_message(message_id: i64) {
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.retain(|p| p.message_id != message_id);
-        DEEPEST.set(deepest(buffer));
-    });
+    retain(|p| p.message_id != message_id);
 }
 
-fn deepest(buffer: &[Pending]) -> u32 {
-    buffer.iter().map(|p| p.depth).max().unwrap_or(0)
+/// Keeps the waiting notifications `keep` accepts; returns those it refused, in order.
+fn retain(mut keep: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
+    BUFFER.with_borrow_mut(|buffer| {
+        let (kept, refused): (Vec<Pending>, Vec<Pending>) =
+            std::mem::take(buffer).into_iter().partition(|p| keep(p));
+        *buffer = kept;
+        DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
+        refused
+    })
 }
 
 /// Writes, grouped per message in capture order, every waiting notification captured at
@@ -158,14 +159,7 @@ fn deepest(buffer: &[Pending]) -> u32 {
 fn flush(depth: u32) -> Result<()> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { unguarded::GetCurrentSubTransactionId() };
-    let due = BUFFER.with_borrow_mut(|buffer| {
-        let (due, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(buffer)
-            .into_iter()
-            .partition(|p| p.depth >= depth && p.subtransaction == current);
-        *buffer = kept;
-        DEEPEST.set(deepest(buffer));
-        due
-    });
+    let due = retain(|p| p.depth < depth || p.subtransaction != current);
     if due.is_empty() {
         return Ok(());
     }
@@ -207,8 +201,7 @@ unsafe extern "C-unwind" fn on_transaction(
             }
             // DROP EXTENSION in this transaction took the queue, and every message, with it.
             if crate::catalog::extension_relation(c"queue") == pg_sys::InvalidOid {
-                BUFFER.with_borrow_mut(Vec::clear);
-                DEEPEST.set(0);
+                retain(|_| false);
                 return;
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
@@ -225,8 +218,7 @@ unsafe extern "C-unwind" fn on_transaction(
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            BUFFER.with_borrow_mut(Vec::clear);
-            DEEPEST.set(0);
+            retain(|_| false);
             FLUSH_LENGTH.set(FLUSH_AT);
         }
         _ => {}
@@ -241,19 +233,18 @@ unsafe extern "C-unwind" fn on_subtransaction(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::SubXactEvent::*;
-    BUFFER.with_borrow_mut(|buffer| match event {
+    match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            buffer.retain(|p| p.subtransaction != subtransaction);
-            DEEPEST.set(deepest(buffer));
+            retain(|p| p.subtransaction != subtransaction);
         }
-        SUBXACT_EVENT_COMMIT_SUB => {
+        SUBXACT_EVENT_COMMIT_SUB => BUFFER.with_borrow_mut(|buffer| {
             for pending in buffer
                 .iter_mut()
                 .filter(|p| p.subtransaction == subtransaction)
             {
                 pending.subtransaction = parent;
             }
-        }
+        }),
         _ => {}
-    });
+    }
 }
