@@ -41,8 +41,11 @@ COMMENT ON COLUMN outbound_msg.message.key_column IS
 -- Each backend takes its ids a hundred at a time (CACHE 100): a single-row capture then
 -- numbers its row without touching the sequence's page. Ids stay unique and grow; they are not
 -- in commit order across backends (they never were), and a backend that exits leaves a gap.
+-- No index on id alone (its identity keeps it unique): each index costs every capture an
+-- insert, and deliveries find their claimed rows again by ctid. Administrative work on one
+-- notification (retry, discard) reads the queue instead.
 CREATE TABLE outbound_msg.queue (
-    id              bigint GENERATED ALWAYS AS IDENTITY (CACHE 100) PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY (CACHE 100),
     message_id      bigint NOT NULL,
     record_ids      text[] NOT NULL,
     payloads        text[] COMPRESSION lz4 NOT NULL,

@@ -26,6 +26,35 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
     (row * GROUP_LIMIT) as u64 + position as u64
 }
 
+/// A claimed queue row: its id, and where its claimed version sits (its ctid). Deliveries
+/// find their rows again by ctid, with no index on `id` to keep up on every capture; the id
+/// is checked too, so a row moved since (VACUUM FULL) is left to be claimed again rather
+/// than mistaken for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    block: u32,
+    offset: u16,
+}
+
+impl Row {
+    fn new(id: i64, tid: pg_sys::ItemPointerData) -> Row {
+        let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
+        Row { id, block, offset }
+    }
+
+    fn tid(&self) -> pg_sys::ItemPointerData {
+        let mut tid = pg_sys::ItemPointerData::default();
+        pgrx::itemptr::item_pointer_set_all(&mut tid, self.block, self.offset);
+        tid
+    }
+}
+
+/// The ctids and the ids of `rows`, as query arguments.
+fn tids_and_ids(rows: &[Row]) -> (Vec<pg_sys::ItemPointerData>, Vec<i64>) {
+    rows.iter().map(|row| (row.tid(), row.id)).unzip()
+}
+
 /// Groups of notifications to write, in the order their first notification came: each a
 /// message and its notifications' record ids and payloads.
 pub struct Groups {
@@ -137,7 +166,7 @@ pub struct Batch {
     /// The table's name, the sObject type.
     pub object_type: String,
     /// Queue rows (groups) in it, oldest first.
-    pub rows: Vec<i64>,
+    pub rows: Vec<Row>,
     /// Notification numbers and rendered fields, in order.
     pub notifications: Vec<(u64, String)>,
     /// Most attempts among its groups, this one included.
@@ -192,26 +221,26 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                    FROM outbound_msg.message m
                   WHERE m.id <> ALL ($2)),
              scan AS (
-                 SELECT q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
+                 SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
                         cardinality(q.record_ids) AS size
                    FROM allowance a
                   CROSS JOIN LATERAL (
-                        SELECT id, message_id, next_attempt_at, record_ids
+                        SELECT ctid, id, message_id, next_attempt_at, record_ids
                           FROM outbound_msg.queue
                          WHERE message_id = a.message_id AND next_attempt_at <= now()
                            AND state <> 'expired'
                          ORDER BY next_attempt_at, id
                          LIMIT least(a.n, $1)) q),
              running AS (
-                 SELECT id, size, allowed,
+                 SELECT ctid, size, allowed,
                         sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
                             AS message_total,
                         sum(size) OVER (ORDER BY next_attempt_at, id) AS total
                    FROM scan),
              locked AS (
-                 SELECT q.id FROM outbound_msg.queue q
-                  WHERE q.id = ANY (ARRAY(
-                            SELECT r.id FROM running r
+                 SELECT q.ctid FROM outbound_msg.queue q
+                  WHERE q.ctid = ANY (ARRAY(
+                            SELECT r.ctid FROM running r
                              WHERE r.total - r.size < $1
                                AND r.message_total - r.size < r.allowed))
                     FOR UPDATE SKIP LOCKED)
@@ -221,8 +250,8 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                     state = 'sending',
                     next_attempt_at = now() + make_interval(secs => $6)
                FROM outbound_msg.message m
-              WHERE q.id = ANY (ARRAY(SELECT id FROM locked)) AND m.id = q.message_id
-             RETURNING q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
+              WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM locked)) AND m.id = q.message_id
+             RETURNING q.ctid, q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
                        (SELECT c.relname::text FROM pg_catalog.pg_class c
                          WHERE c.oid = m.object),
                        m.client_certificate",
@@ -247,13 +276,13 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             claimed.push(Claimed {
-                id: row.get(1)?.unwrap_or_default(),
-                message_id: row.get(2)?.unwrap_or_default(),
-                payloads: row.get(3)?.unwrap_or_default(),
-                attempts: row.get::<i32>(4)?.unwrap_or(1).max(1) as u32,
-                endpoint_url: row.get(5)?.unwrap_or_default(),
-                object_type: row.get(6)?.unwrap_or_default(),
-                client_certificate: row.get(7)?,
+                row: Row::new(row.get(2)?.unwrap_or_default(), row.get(1)?.unwrap_or_default()),
+                message_id: row.get(3)?.unwrap_or_default(),
+                payloads: row.get(4)?.unwrap_or_default(),
+                attempts: row.get::<i32>(5)?.unwrap_or(1).max(1) as u32,
+                endpoint_url: row.get(6)?.unwrap_or_default(),
+                object_type: row.get(7)?.unwrap_or_default(),
+                client_certificate: row.get(8)?,
             });
         }
         Ok(into_batches(claimed, limits.batch_size))
@@ -308,13 +337,14 @@ pub fn analyze() -> Result<()> {
 }
 
 /// Removes acknowledged groups from the queue and counts their notifications as delivered.
-pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
+pub fn acknowledge(message_id: i64, rows: &[Row]) -> Result<()> {
+    let (tids, ids) = tids_and_ids(rows);
     Spi::connect_mut(|client| {
         kept_update(
             &ACKNOWLEDGE,
             client,
             "WITH gone AS (
-                 DELETE FROM outbound_msg.queue WHERE id = ANY ($1)
+                 DELETE FROM outbound_msg.queue WHERE ctid = ANY ($1) AND id = ANY ($3)
                  RETURNING created_at, cardinality(record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s
                     (message_id, delivered, last_success, latency_total, last_latency)
@@ -327,9 +357,9 @@ pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
                     last_success = excluded.last_success,
                     latency_total = s.latency_total + excluded.latency_total,
                     last_latency = excluded.last_latency",
-            &[pg_sys::INT8ARRAYOID, pg_sys::INT8OID],
+            &[pg_sys::TIDARRAYOID, pg_sys::INT8OID, pg_sys::INT8ARRAYOID],
             None,
-            &[rows.to_vec().into(), message_id.into()],
+            &[tids.into(), message_id.into(), ids.into()],
         )?;
         Ok(())
     })
@@ -340,11 +370,12 @@ pub fn acknowledge(message_id: i64, rows: &[i64]) -> Result<()> {
 /// error, never tried again unless retried by an administrator.
 pub fn record_failure(
     message_id: i64,
-    rows: &[i64],
+    rows: &[Row],
     reason: &str,
     retry_in: Duration,
     max_age: Duration,
 ) -> Result<()> {
+    let (tids, ids) = tids_and_ids(rows);
     Spi::connect_mut(|client| {
         kept_update(
             &RECORD_FAILURE,
@@ -359,7 +390,7 @@ pub fn record_failure(
                                  THEN 'infinity'
                                  ELSE least(now() + $3, coalesce(q.retried_at, q.created_at) + $4)
                             END
-                  WHERE q.id = ANY ($1)
+                  WHERE q.ctid = ANY ($1) AND q.id = ANY ($6)
                  RETURNING cardinality(q.record_ids) AS size)
              INSERT INTO outbound_msg.message_stats AS s (message_id, failed_attempts, last_failure)
              SELECT $5, sum(size), now() FROM failed
@@ -369,19 +400,21 @@ pub fn record_failure(
                 SET failed_attempts = s.failed_attempts + excluded.failed_attempts,
                     last_failure = excluded.last_failure",
             &[
-                pg_sys::INT8ARRAYOID,
+                pg_sys::TIDARRAYOID,
                 pg_sys::TEXTOID,
                 pg_sys::INTERVALOID,
                 pg_sys::INTERVALOID,
                 pg_sys::INT8OID,
+                pg_sys::INT8ARRAYOID,
             ],
             None,
             &[
-                rows.to_vec().into(),
+                tids.into(),
                 reason.into(),
                 interval(retry_in).into(),
                 interval(max_age).into(),
                 message_id.into(),
+                ids.into(),
             ],
         )?;
         Ok(())
@@ -507,7 +540,7 @@ fn discard_one(client: &mut SpiClient, number: u64) -> Result<i64> {
 
 /// One claimed queue row with what its delivery needs.
 struct Claimed {
-    id: i64,
+    row: Row,
     message_id: i64,
     payloads: Vec<String>,
     attempts: u32,
@@ -520,7 +553,7 @@ struct Claimed {
 /// returns them in no particular order), and packs them whole into batches of at most
 /// `batch_size` notifications (a larger group travels alone).
 fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
-    claimed.sort_unstable_by_key(|row| row.id);
+    claimed.sort_unstable_by_key(|claimed| claimed.row.id);
     let mut by_message: BTreeMap<i64, Vec<Batch>> = BTreeMap::new();
     for row in claimed {
         let batches = by_message.entry(row.message_id).or_default();
@@ -539,12 +572,12 @@ fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
             });
         }
         if let Some(batch) = batches.last_mut() {
-            batch.rows.push(row.id);
+            batch.rows.push(row.row);
             batch.attempts = batch.attempts.max(row.attempts);
             for (position, payload) in row.payloads.into_iter().enumerate() {
                 batch
                     .notifications
-                    .push((notification_number(row.id, position), payload));
+                    .push((notification_number(row.row.id, position), payload));
             }
         }
     }
@@ -557,7 +590,11 @@ mod tests {
 
     fn row(id: i64, message_id: i64, size: usize, attempts: u32) -> Claimed {
         Claimed {
-            id,
+            row: Row {
+                id,
+                block: id as u32,
+                offset: 1,
+            },
             message_id,
             payloads: (0..size).map(|i| format!("p{id}.{i}")).collect(),
             attempts,
@@ -581,7 +618,7 @@ mod tests {
             .map(|b| {
                 (
                     b.message_id,
-                    b.rows.clone(),
+                    b.rows.iter().map(|r| r.id).collect(),
                     b.notifications.len(),
                     b.attempts,
                 )

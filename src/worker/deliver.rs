@@ -313,7 +313,7 @@ fn report_state(state: &'static std::ffi::CStr) {
 fn refusal(batch: &Batch, reason: String) -> Done {
     Done {
         message_id: batch.message_id,
-        ids: batch.rows.clone(),
+        rows: batch.rows.clone(),
         attempts: batch.attempts,
         outcome: Err(reason),
     }
@@ -358,7 +358,7 @@ fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identi
     let body = soap::write_envelope(&header, &batch.object_type, &notifications);
     Job {
         message_id: batch.message_id,
-        ids: batch.rows,
+        rows: batch.rows,
         attempts: batch.attempts,
         url: batch.endpoint_url,
         body,
@@ -397,9 +397,9 @@ impl Outcomes {
     fn record(&self) {
         for (done, delay) in &self.finished {
             let recorded = match &done.outcome {
-                Ok(()) => queue::acknowledge(done.message_id, &done.ids),
+                Ok(()) => queue::acknowledge(done.message_id, &done.rows),
                 Err(reason) => {
-                    queue::record_failure(done.message_id, &done.ids, reason, *delay, self.max_age)
+                    queue::record_failure(done.message_id, &done.rows, reason, *delay, self.max_age)
                 }
             };
             if let Err(err) = recorded {

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use crate::http::{Client, Limits};
+use crate::queue::Row;
 use crate::tls::{Identity, Roots};
 
 /// One SOAP message to post.
 pub struct Job {
     pub message_id: i64,
-    /// Queue ids of its notifications.
-    pub ids: Vec<i64>,
+    /// The queue rows of its notifications.
+    pub rows: Vec<Row>,
     /// Most attempts among its notifications, this one included (for the backoff).
     pub attempts: u32,
     pub url: String,
@@ -34,7 +35,7 @@ pub struct Job {
 /// The outcome of a job.
 pub struct Done {
     pub message_id: i64,
-    pub ids: Vec<i64>,
+    pub rows: Vec<Row>,
     pub attempts: u32,
     pub outcome: Result<(), String>,
 }
@@ -181,7 +182,7 @@ fn serve(
         let outcome = client.deliver(&job.url, &job.body);
         let finished = Done {
             message_id: job.message_id,
-            ids: job.ids,
+            rows: job.rows,
             attempts: job.attempts,
             outcome,
         };
@@ -209,10 +210,10 @@ mod tests {
         };
         let mut pool = Pool::new(limits, Err("no roots".into())).unwrap();
         pool.ensure_threads(2).unwrap();
-        for id in 0..3 {
+        for _ in 0..3 {
             pool.submit(Job {
                 message_id: 7,
-                ids: vec![id],
+                rows: Vec::new(),
                 attempts: 1,
                 url: url.clone(),
                 body: "<x/>".into(),
