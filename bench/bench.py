@@ -386,7 +386,7 @@ def bench_scale(db, count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--oltp-rounds", type=int, default=3)
     parser.add_argument("--oltp-seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)
