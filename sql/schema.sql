@@ -38,14 +38,15 @@ COMMENT ON COLUMN outbound_msg.message.key_column IS
 -- many payloads, and a state of queued, sending, retrying or expired. PostgreSQL parses and
 -- plans a table's CHECK expressions again for every INSERT statement, which cost a single-row
 -- capture about a third of its time.
--- Each backend takes its ids a hundred at a time (CACHE 100): a single-row capture then
--- numbers its row without touching the sequence's page. Ids stay unique and grow; they are not
--- in commit order across backends (they never were), and a backend that exits leaves a gap.
--- No index on id alone (its identity keeps it unique): each index costs every capture an
--- insert, and deliveries find their claimed rows again by ctid. Administrative work on one
+-- Ids come from src/queue_insert.rs: each backend takes a block of a hundred from
+-- queue_id_blocks (its values are 1, 101, 201, ...) and numbers rows from it, so a single-row
+-- capture rarely calls the sequence at all. Ids stay unique and grow; they are not in commit
+-- order across backends (they never were), and a backend that exits leaves a gap.
+-- No index on id alone (the blocks keep it unique): each index costs every capture an insert,
+-- and deliveries find their claimed rows again by ctid. Administrative work on one
 -- notification (retry, discard) reads the queue instead.
 CREATE TABLE outbound_msg.queue (
-    id              bigint GENERATED ALWAYS AS IDENTITY (CACHE 100),
+    id              bigint NOT NULL,
     message_id      bigint NOT NULL,
     record_ids      text[] NOT NULL,
     payloads        text[] COMPRESSION lz4 NOT NULL,
@@ -63,6 +64,7 @@ CREATE TABLE outbound_msg.queue (
 -- after every due one, and a partial index's predicate is planned again for every INSERT
 -- statement, a sixth of a single-row capture's cost. Administrative work on one message
 -- (retry, discard, drop) uses it too.
+CREATE SEQUENCE outbound_msg.queue_id_blocks INCREMENT BY 100 OWNED BY outbound_msg.queue.id;
 CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id);
 -- Never searched by content: ANALYZE (autovacuum's, or the worker's after a burst) need not
 -- read and hash every payload.

@@ -11,6 +11,10 @@
 //! What the queue table is (its OID, which attribute holds which column, the sequence of its
 //! ids) is looked up once and kept until PostgreSQL invalidates the table's relcache entry
 //! (an `ALTER TABLE`, or `DROP EXTENSION` and `CREATE EXTENSION`, which makes a new table).
+//!
+//! Ids are numbered from blocks of [`ID_BLOCK`]: `outbound_msg.queue_id_blocks` counts in steps
+//! of that size, and each value starts a block this backend numbers alone. Like a sequence's
+//! cache, a block outlives the transaction that took it; unused ids are a gap, never reused.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -57,13 +61,53 @@ struct QueueTable {
     relid: pg_sys::Oid,
     /// Which column each attribute is (`None`: dropped, or one left NULL).
     layout: Vec<Option<Column>>,
-    /// The identity sequence of `id`.
+    /// `outbound_msg.queue_id_blocks`, whose values start the blocks of ids.
     sequence: pg_sys::Oid,
+}
+
+/// Ids in a block: the step of `outbound_msg.queue_id_blocks` (sql/schema.sql).
+const ID_BLOCK: i64 = 100;
+
+/// The ids this backend may still give out: `next` up to, not including, `end`, from a block
+/// of `sequence`.
+#[derive(Clone, Copy)]
+struct IdBlock {
+    sequence: pg_sys::Oid,
+    next: i64,
+    end: i64,
 }
 
 thread_local! {
     static TABLE: RefCell<Option<Rc<QueueTable>>> = const { RefCell::new(None) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static IDS: Cell<IdBlock> = const {
+        Cell::new(IdBlock { sequence: pg_sys::InvalidOid, next: 0, end: 0 })
+    };
+}
+
+/// The next id for a queue row, from this backend's block of `sequence` (a new block when
+/// it is used up, or when the sequence is another one: the extension was created again).
+fn next_id(sequence: pg_sys::Oid) -> i64 {
+    let mut block = IDS.get();
+    if block.sequence != sequence || block.next >= block.end {
+        // SAFETY: nextval(regclass) of a sequence that exists (looked up with the table).
+        let start = unsafe {
+            pgrx::direct_function_call::<i64>(
+                pg_sys::nextval_oid,
+                &[Some(pg_sys::Datum::from(sequence))],
+            )
+        }
+        .unwrap_or_default();
+        block = IdBlock {
+            sequence,
+            next: start,
+            end: start + ID_BLOCK,
+        };
+    }
+    let id = block.next;
+    block.next += 1;
+    IDS.set(block);
+    id
 }
 
 #[pg_guard]
@@ -120,11 +164,7 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
         }
 
         for (message_id, record_ids, payloads) in rows {
-            let id = pgrx::direct_function_call::<i64>(
-                pg_sys::nextval_oid,
-                &[Some(pg_sys::Datum::from(table.sequence))],
-            )
-            .unwrap_or_default();
+            let id = next_id(table.sequence);
             pg_sys::ExecClearTuple(slot);
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, table.layout.len());
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, table.layout.len());
@@ -214,7 +254,7 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
     let layout = unsafe { layout(desc) }?;
     let table = Rc::new(QueueTable {
         relid,
-        sequence: identity_sequence(relid, &layout)?,
+        sequence: id_sequence()?,
         layout,
     });
     TABLE.set(Some(Rc::clone(&table)));
@@ -251,19 +291,13 @@ unsafe fn layout(desc: pg_sys::TupleDesc) -> Result<Vec<Option<Column>>> {
     Ok(layout)
 }
 
-/// The sequence that numbers the queue's rows.
-fn identity_sequence(queue: pg_sys::Oid, layout: &[Option<Column>]) -> Result<pg_sys::Oid> {
-    let attno = layout
-        .iter()
-        .position(|c| matches!(c, Some(Column::Id)))
-        .map(|index| index as pg_sys::AttrNumber + 1)
-        .unwrap_or(1);
-    // SAFETY: a catalog lookup; `missing_ok` returns InvalidOid instead of raising an ERROR.
-    let sequence = unsafe { pg_sys::getIdentitySequence(queue, attno, true) };
+/// The sequence whose values start the blocks of queue ids.
+fn id_sequence() -> Result<pg_sys::Oid> {
+    let sequence = crate::catalog::extension_relation(c"queue_id_blocks");
     if sequence == pg_sys::InvalidOid {
         return Err(Error::new(
             Kind::Internal,
-            "outbound_msg.queue.id is not an identity column",
+            "sequence outbound_msg.queue_id_blocks does not exist",
         ));
     }
     Ok(sequence)
