@@ -59,8 +59,9 @@ fn tids_and_ids(rows: &[Row]) -> (Vec<pg_sys::ItemPointerData>, Vec<i64>) {
 /// message and its notifications' record ids and payloads.
 pub struct Groups {
     groups: Vec<(i64, Vec<String>, Vec<String>)>,
-    /// The group of each message that still has room.
-    open: std::collections::HashMap<i64, usize>,
+    /// The latest group of each message, by index (a table has few messages: a list is
+    /// cheaper to search than a map is to build for a single-row statement).
+    open: Vec<(i64, usize)>,
     size: usize,
 }
 
@@ -76,16 +77,21 @@ impl Groups {
 
     /// Adds a notification of `message_id` to that message's open group, or a new one.
     pub fn push(&mut self, message_id: i64, record_id: String, payload: String) {
-        let index = match self.open.get(&message_id) {
-            Some(&index) if self.groups[index].1.len() < self.size => index,
+        let open = self.open.iter().position(|(m, _)| *m == message_id);
+        let index = match open.map(|i| self.open[i].1) {
+            Some(index) if self.groups[index].1.len() < self.size => index,
             _ => {
                 self.groups.push((
                     message_id,
                     Vec::with_capacity(self.size),
                     Vec::with_capacity(self.size),
                 ));
-                self.open.insert(message_id, self.groups.len() - 1);
-                self.groups.len() - 1
+                let index = self.groups.len() - 1;
+                match open {
+                    Some(i) => self.open[i].1 = index,
+                    None => self.open.push((message_id, index)),
+                }
+                index
             }
         };
         let (_, record_ids, payloads) = &mut self.groups[index];
