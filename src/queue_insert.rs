@@ -63,6 +63,9 @@ struct QueueTable {
     layout: Vec<Option<Column>>,
     /// `outbound_msg.queue_id_blocks`, whose values start the blocks of ids.
     sequence: pg_sys::Oid,
+    /// Every NOT NULL column is one this module fills (else only the executor's checks may
+    /// insert).
+    fills_every_required_column: bool,
 }
 
 /// Ids in a block: the step of `outbound_msg.queue_id_blocks` (sql/schema.sql).
@@ -125,10 +128,8 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
         Some(relid) => relid,
         None => queue_relid()?,
     };
-    let mut ids = Vec::with_capacity(rows.len());
-    // SAFETY: the relation is opened and locked for the rest of the transaction; the executor
-    // state, its slot and the row context live in the executor state's memory and are freed
-    // with it below. An ERROR in between aborts the transaction, which frees them as well.
+    // SAFETY: the relation is opened and locked for the rest of the transaction. An ERROR in
+    // between aborts the transaction, which frees what the paths below allocated.
     unsafe {
         // Taking the lock processes pending invalidations: what is known of the table is
         // checked against the table as it is now, after the lock.
@@ -141,7 +142,155 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
                 return Err(err);
             }
         };
+        let ids = match plain_index(relation, &table) {
+            Some((index, info)) => insert_plainly(relation, index, info, &table, rows),
+            None => insert_through_executor(relation, &table, rows),
+        };
+        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Ok(ids)
+    }
+}
 
+/// The queue's one index, opened, when rows may go straight to the heap and that index: the
+/// queue as this extension makes it. Anything an INSERT would do beyond that (a trigger, a
+/// CHECK constraint or generated column, another index, or a unique, partial, expression or
+/// non-btree one, a NOT NULL column left empty here) sends rows through the executor instead.
+///
+/// # Safety
+/// `relation` must be the queue, opened and locked.
+unsafe fn plain_index(
+    relation: pg_sys::Relation,
+    table: &QueueTable,
+) -> Option<(pg_sys::Relation, *mut pg_sys::IndexInfo)> {
+    // SAFETY: reads the open relation's relcache entry, and opens its index.
+    unsafe {
+        if !table.fills_every_required_column || !(*relation).trigdesc.is_null() {
+            return None;
+        }
+        let constraints = (*(*relation).rd_att).constr;
+        if !constraints.is_null()
+            && ((*constraints).num_check > 0 || (*constraints).has_generated_stored)
+        {
+            return None;
+        }
+        let indexes = pg_sys::RelationGetIndexList(relation);
+        let only = (!indexes.is_null() && (*indexes).length == 1)
+            .then(|| (*(*indexes).elements).oid_value);
+        pg_sys::list_free(indexes);
+        let index = pg_sys::index_open(only?, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let info = pg_sys::BuildIndexInfo(index);
+        let plain = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && !(*info).ii_Unique
+            && (*info).ii_ReadyForInserts
+            && (*info).ii_Expressions.is_null()
+            && (*info).ii_Predicate.is_null();
+        if !plain {
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
+        Some((index, info))
+    }
+}
+
+/// Forms each row and hands it to `heap_insert`, then its key to `index_insert`: what
+/// `ExecSimpleRelationInsert` would do for this table, without an executor state, result
+/// relation and slot to set up and tear down for every statement.
+///
+/// # Safety
+/// As for [`plain_index`], which returned `index` and `info`.
+unsafe fn insert_plainly(
+    relation: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+    table: &QueueTable,
+    rows: Vec<NewRow>,
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let columns = table.layout.len();
+    let mut values = vec![pg_sys::Datum::from(0); columns];
+    let mut nulls = vec![true; columns];
+    // SAFETY: as the caller guarantees; each row's memory is reset after it is stored.
+    unsafe {
+        let keys = (*info).ii_NumIndexAttrs as usize;
+        let mut key_values = vec![pg_sys::Datum::from(0); keys];
+        let mut key_nulls = vec![false; keys];
+        let row_memory = row_memory();
+        let command = pg_sys::GetCurrentCommandId(true);
+        let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
+        for row in rows {
+            // Also frees what a row left behind when an ERROR interrupted it.
+            pg_sys::MemoryContextReset(row_memory);
+            let previous = pg_sys::MemoryContextSwitchTo(row_memory);
+            let id = fill_row(table, &row, now, &mut values, &mut nulls);
+            let tuple = pg_sys::heap_form_tuple(
+                (*relation).rd_att,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
+            pg_sys::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
+            for key in 0..keys {
+                let attno = (*info).ii_IndexAttrNumbers[key] as usize;
+                key_values[key] = values[attno - 1];
+                key_nulls[key] = nulls[attno - 1];
+            }
+            pg_sys::index_insert(
+                index,
+                key_values.as_mut_ptr(),
+                key_nulls.as_mut_ptr(),
+                &mut (*tuple).t_self,
+                relation,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
+                false,
+                info,
+            );
+            pg_sys::MemoryContextSwitchTo(previous);
+            pg_sys::MemoryContextReset(row_memory);
+            ids.push(id);
+        }
+        // Locked until the transaction ends, as the table is.
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    ids
+}
+
+/// The memory each row is formed in, reset after it: made once per backend, so a single-row
+/// statement does not create and delete a memory context.
+fn row_memory() -> pg_sys::MemoryContext {
+    thread_local! {
+        static ROW_MEMORY: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
+    }
+    ROW_MEMORY.with(|memory| {
+        if memory.get().is_null() {
+            // SAFETY: a context under TopMemoryContext, kept for the backend's life.
+            memory.set(unsafe {
+                pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::TopMemoryContext,
+                    c"outbound_msg queue row".as_ptr(),
+                    pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                )
+            });
+        }
+        memory.get()
+    })
+}
+
+/// Hands each row to `ExecSimpleRelationInsert`, which applies the table's constraints,
+/// indexes and triggers as an INSERT would.
+///
+/// # Safety
+/// `relation` must be the queue, opened and locked.
+unsafe fn insert_through_executor(
+    relation: pg_sys::Relation,
+    table: &QueueTable,
+    rows: Vec<NewRow>,
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(rows.len());
+    // SAFETY: the executor state, its slot and the row context live in the executor state's
+    // memory and are freed with it below.
+    unsafe {
+        let desc = (*relation).rd_att;
         let estate = pg_sys::CreateExecutorState();
         let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
         let (info, slot) = query_memory.switch_to(|_| {
@@ -157,32 +306,17 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
         let row_memory = (*pg_sys::MakePerTupleExprContext(estate)).ecxt_per_tuple_memory;
         (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
         let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-        // Triggers on the queue (there are none of ours) would queue their events here.
         let has_triggers = !(*relation).trigdesc.is_null();
         if has_triggers {
             pg_sys::AfterTriggerBeginQuery();
         }
 
-        for (message_id, record_ids, payloads) in rows {
-            let id = next_id(table.sequence);
+        for row in rows {
             pg_sys::ExecClearTuple(slot);
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, table.layout.len());
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, table.layout.len());
             let previous = pg_sys::MemoryContextSwitchTo(row_memory);
-            for (index, column) in table.layout.iter().enumerate() {
-                let value = match column {
-                    None => None,
-                    Some(Column::Id) => Some(pg_sys::Datum::from(id)),
-                    Some(Column::MessageId) => Some(pg_sys::Datum::from(message_id)),
-                    Some(Column::RecordIds) => Some(text_array(&record_ids)),
-                    Some(Column::Payloads) => Some(text_array(&payloads)),
-                    Some(Column::CreatedAt | Column::NextAttemptAt) => Some(now),
-                    Some(Column::State) => Some(text("queued")),
-                    Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
-                };
-                values[index] = value.unwrap_or(pg_sys::Datum::from(0));
-                nulls[index] = value.is_none();
-            }
+            let id = fill_row(table, &row, now, values, nulls);
             pg_sys::MemoryContextSwitchTo(previous);
             pg_sys::ExecStoreVirtualTuple(slot);
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
@@ -196,9 +330,42 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
         pg_sys::ExecCloseIndices(info);
         pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
         pg_sys::FreeExecutorState(estate);
-        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
-    Ok(ids)
+    ids
+}
+
+/// Sets `values` and `nulls` to the queue row of `row`, new and due `now`, in the current
+/// memory context; returns its id.
+///
+/// # Safety
+/// Must run in a transaction; `values` and `nulls` have one entry per attribute.
+unsafe fn fill_row(
+    table: &QueueTable,
+    row: &NewRow,
+    now: pg_sys::Datum,
+    values: &mut [pg_sys::Datum],
+    nulls: &mut [bool],
+) -> i64 {
+    let (message_id, record_ids, payloads) = row;
+    let id = next_id(table.sequence);
+    for (index, column) in table.layout.iter().enumerate() {
+        // SAFETY: as the caller guarantees.
+        let value = unsafe {
+            match column {
+                None => None,
+                Some(Column::Id) => Some(pg_sys::Datum::from(id)),
+                Some(Column::MessageId) => Some(pg_sys::Datum::from(*message_id)),
+                Some(Column::RecordIds) => Some(text_array(record_ids)),
+                Some(Column::Payloads) => Some(text_array(payloads)),
+                Some(Column::CreatedAt | Column::NextAttemptAt) => Some(now),
+                Some(Column::State) => Some(text("queued")),
+                Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
+            }
+        };
+        values[index] = value.unwrap_or(pg_sys::Datum::from(0));
+        nulls[index] = value.is_none();
+    }
+    id
 }
 
 /// A `text` datum of `value`, in the current memory context.
@@ -274,9 +441,18 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
     }
     // SAFETY: as the caller guarantees.
     let layout = unsafe { layout(desc) }?;
+    // SAFETY: as the caller guarantees.
+    let required = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) }
+        .iter()
+        .map(|a| !a.is_dropped() && a.attnotnull)
+        .collect::<Vec<_>>();
     let table = Rc::new(QueueTable {
         relid,
         sequence: id_sequence()?,
+        fills_every_required_column: required
+            .iter()
+            .zip(&layout)
+            .all(|(required, column)| !required || column.is_some()),
         layout,
     });
     TABLE.set(Some(Rc::clone(&table)));
@@ -353,5 +529,51 @@ mod tests {
             );
             assert_eq!(same, Ok(Some(true)), "{items:?}");
         }
+    }
+
+    fn define_message() {
+        Spi::run(
+            "TRUNCATE outbound_msg.queue;
+             CREATE TABLE t (id int PRIMARY KEY, v text);
+             SELECT outbound_msg.create_message('t', 'T', 'T', 'http://127.0.0.1:9/',
+                                                ARRAY['v'], 'postgres');",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn another_index_on_the_queue_gets_every_row() {
+        define_message();
+        Spi::run("CREATE INDEX queue_by_id ON outbound_msg.queue (id)").unwrap();
+        let size = || {
+            Spi::get_one::<i64>("SELECT pg_relation_size('outbound_msg.queue_by_id')")
+                .unwrap()
+                .unwrap()
+        };
+        // An empty btree index is its metapage alone; its first entry adds a leaf page.
+        assert_eq!(size(), 8192);
+        Spi::run("INSERT INTO t VALUES (1, 'a')").unwrap();
+        assert_eq!(size(), 16384);
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM outbound_msg.queue"),
+            Ok(Some(1))
+        );
+    }
+
+    #[pg_test(error = "new row for relation \"queue\" violates check constraint \"one_each\"")]
+    fn a_check_constraint_on_the_queue_is_enforced() {
+        define_message();
+        Spi::run(
+            "ALTER TABLE outbound_msg.queue
+                 ADD CONSTRAINT one_each CHECK (cardinality(record_ids) = 1);
+             INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM outbound_msg.queue"),
+            Ok(Some(1))
+        );
+        // Two rows of one statement travel in one group of two.
+        Spi::run("INSERT INTO t VALUES (2, 'b'), (3, 'c')").unwrap();
     }
 }
