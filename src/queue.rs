@@ -81,11 +81,8 @@ impl Groups {
         let index = match open.map(|i| self.open[i].1) {
             Some(index) if self.groups[index].1.len() < self.size => index,
             _ => {
-                self.groups.push((
-                    message_id,
-                    Vec::with_capacity(self.size),
-                    Vec::with_capacity(self.size),
-                ));
+                // Grown as filled: most statements change one row.
+                self.groups.push((message_id, Vec::new(), Vec::new()));
                 let index = self.groups.len() - 1;
                 match open {
                     Some(i) => self.open[i].1 = index,

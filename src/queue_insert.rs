@@ -66,6 +66,24 @@ struct QueueTable {
     /// Every NOT NULL column is one this module fills (else only the executor's checks may
     /// insert).
     fills_every_required_column: bool,
+    /// The queue's one index when it is a plain btree one (see [`plain_index`]), found on the
+    /// first insert after the table became known.
+    plain_index: std::cell::OnceCell<Option<PlainIndex>>,
+}
+
+/// An index that rows may be added to with `index_insert` alone, and what that needs of it.
+struct PlainIndex {
+    oid: pg_sys::Oid,
+    /// Built once, in TopMemoryContext; freed when the table's description is dropped.
+    info: *mut pg_sys::IndexInfo,
+}
+
+impl Drop for PlainIndex {
+    fn drop(&mut self) {
+        // SAFETY: allocated by BuildIndexInfo in TopMemoryContext, and used by no one else.
+        // (The expression lists of an index found not plain stay: a few bytes, once.)
+        unsafe { pg_sys::pfree(self.info.cast()) }
+    }
 }
 
 /// Ids in a block: the step of `outbound_msg.queue_id_blocks` (sql/schema.sql).
@@ -157,7 +175,7 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
 /// non-btree one, a NOT NULL column left empty here) sends rows through the executor instead.
 ///
 /// # Safety
-/// `relation` must be the queue, opened and locked.
+/// `relation` must be the queue, opened and locked, and `table` what is known of it.
 unsafe fn plain_index(
     relation: pg_sys::Relation,
     table: &QueueTable,
@@ -173,22 +191,41 @@ unsafe fn plain_index(
         {
             return None;
         }
+        // Kept with the table's description: a new or dropped index invalidates both.
+        let index = table
+            .plain_index
+            .get_or_init(|| find_plain_index(relation))
+            .as_ref()?;
+        let opened = pg_sys::index_open(index.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        Some((opened, index.info))
+    }
+}
+
+/// The queue's only index if it is a plain btree one: not unique, partial or on expressions,
+/// and ready for inserts.
+///
+/// # Safety
+/// As for [`plain_index`].
+unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<PlainIndex> {
+    // SAFETY: as the caller guarantees; the index is opened only to be described.
+    unsafe {
         let indexes = pg_sys::RelationGetIndexList(relation);
         let only = (!indexes.is_null() && (*indexes).length == 1)
             .then(|| (*(*indexes).elements).oid_value);
         pg_sys::list_free(indexes);
-        let index = pg_sys::index_open(only?, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let oid = only?;
+        let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         let info = pg_sys::BuildIndexInfo(index);
+        pg_sys::MemoryContextSwitchTo(previous);
         let plain = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
             && !(*info).ii_Unique
             && (*info).ii_ReadyForInserts
             && (*info).ii_Expressions.is_null()
             && (*info).ii_Predicate.is_null();
-        if !plain {
-            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-            return None;
-        }
-        Some((index, info))
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let found = PlainIndex { oid, info };
+        plain.then_some(found)
     }
 }
 
@@ -454,6 +491,7 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
             .zip(&layout)
             .all(|(required, column)| !required || column.is_some()),
         layout,
+        plain_index: Default::default(),
     });
     TABLE.set(Some(Rc::clone(&table)));
     Ok(table)
