@@ -227,19 +227,23 @@ def delivered(db):
                       ).fetchone()[0]
 
 
-def bench_throughput(db, count=100_000):
-    print(f"\n3. Delivery throughput: {count:,} notifications queued at one commit")
-    db.execute("TRUNCATE captured")
-    wait_drained(db)
-    before = delivered(db)
-    with db.transaction():
-        db.execute(f"INSERT INTO captured {ROWS}", (count,))
-    committed = time.perf_counter()
-    while delivered(db) < before + count:
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - committed
-    rate = count / elapsed
-    report("commit to all acknowledged", elapsed * 1000, "ms")
+def bench_throughput(db, rounds, count=100_000):
+    print(f"\n3. Delivery throughput: {count:,} notifications queued at one commit "
+          f"(best of {rounds})")
+    best = None
+    for _ in range(rounds):
+        db.execute("TRUNCATE captured")
+        wait_drained(db)
+        before = delivered(db)
+        with db.transaction():
+            db.execute(f"INSERT INTO captured {ROWS}", (count,))
+        committed = time.perf_counter()
+        while delivered(db) < before + count:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - committed
+        best = elapsed if best is None else min(best, elapsed)
+    rate = count / best
+    report("commit to all acknowledged", best * 1000, "ms")
     report("throughput", rate, "notifications/s", target=">= 50,000/s", met=rate >= 50_000)
 
 
@@ -407,7 +411,7 @@ def main():
         sections = {
             "bulk": lambda: bench_bulk(db, args.rounds),
             "oltp": lambda: bench_oltp(cluster, db, args.oltp_rounds, args.oltp_seconds),
-            "throughput": lambda: bench_throughput(db),
+            "throughput": lambda: bench_throughput(db, args.rounds),
             "latency": lambda: bench_latency(db),
             "scale": lambda: bench_scale(db, args.backlog),
         }
