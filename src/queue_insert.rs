@@ -1,12 +1,13 @@
-//! Inserts queue rows the way logical replication applies a replicated INSERT: each row is
-//! formed here and handed to the table, its indexes and any triggers on it, with no INSERT
-//! statement to plan, start, run and end. The capture path writes one queue row per statement
-//! that changed rows, and for a single-row statement the executor's set-up and tear-down of an
-//! `INSERT ... RETURNING` cost more than the row itself.
+//! Inserts queue rows with no INSERT statement to plan, start, run and end. The capture path
+//! writes one queue row per statement that changed rows, and for a single-row statement the
+//! executor's set-up and tear-down of an `INSERT ... RETURNING` cost more than the row itself.
 //!
-//! NOT NULL, indexes (unique and partial ones included) and triggers still apply, through
-//! `ExecSimpleRelationInsert`, as they would for an INSERT. Access rights are not checked: only
-//! the extension writes the queue, as its owner.
+//! The queue as the extension makes it (no trigger, no CHECK constraint, one plain btree
+//! index) gets each row from `heap_insert` and its key from `index_insert`, as a catalog
+//! insert would. If anyone changed that, rows go through `ExecSimpleRelationInsert`, the way
+//! logical replication applies a replicated INSERT: NOT NULL and CHECK constraints, every
+//! index (unique and partial ones included) and triggers apply as they would for an INSERT.
+//! Access rights are not checked: only the extension writes the queue, as its owner.
 //!
 //! What the queue table is (its OID, which attribute holds which column, the sequence of its
 //! ids) is looked up once and kept until PostgreSQL invalidates the table's relcache entry
