@@ -1,9 +1,9 @@
 -- Runs after every function exists: the capture function's privileges, the psql view, the DDL
 -- event triggers, and who may call what.
 
--- The capture trigger writes the queue, which the changing role cannot: it runs as the
--- extension's owner, and reads the changed row only through its trigger data.
-ALTER FUNCTION outbound_msg.capture() SECURITY DEFINER;
+-- The capture trigger runs as the role that changed the row (no SECURITY DEFINER call on
+-- every row): it reads the definitions and evaluates criteria as the extension's owner, reads
+-- rows as each message's send-as role, and the queue is written as the owner.
 
 -- Hides the password of credentials in a URL (scheme://user:password@host).
 CREATE FUNCTION outbound_msg.mask_credentials(url text) RETURNS text

@@ -192,10 +192,13 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
     if let Some(cached) = cached {
         return Ok(cached);
     }
-    let messages = Spi::connect(|client| catalog::active_messages(client, relid))?;
+    // The trigger runs as whoever changed the row, who may not read the definitions: they
+    // are read as the extension's owner, who also writes the queue.
+    let (messages, owner) = roles::run_as_owner(|| {
+        Spi::connect(|client| catalog::active_messages(client, relid)).map(|m| (m, roles::current()))
+    })?;
     DEFINITIONS_TABLE.set(catalog::definitions_table());
-    // The capture trigger runs as the extension's owner, who writes the queue.
-    pending::set_writer(roles::current());
+    pending::set_writer(owner);
     let prepared: Vec<Prepared> = messages
         .into_iter()
         .map(|message| Prepared {
@@ -325,8 +328,11 @@ fn row_by_key(table: &str, key_column: &str, key_type: &str, fields: &[String]) 
 fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::error::Result<bool> {
     let holds = |row: &Row| match &message.criteria {
         None => Ok(true),
-        Some(text) => Spi::connect(|_| {
-            criteria::holds(row.type_oid(), &message.table_alias, text, row.composite())
+        // As the extension's owner, as when the criteria were checked at definition.
+        Some(text) => roles::run_as(pending::writer(), || {
+            Spi::connect(|_| {
+                criteria::holds(row.type_oid(), &message.table_alias, text, row.composite())
+            })
         }),
     };
     Ok(match (message.evaluate, old_row) {

@@ -37,7 +37,7 @@ thread_local! {
     /// The buffer length at which the row trigger writes it.
     static FLUSH_LENGTH: Cell<usize> = const { Cell::new(FLUSH_AT) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
-    /// The extension's owner, who writes the queue (the capture trigger runs as it).
+    /// The extension's owner, who writes the queue.
     static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Statements whose `ExecutorFinish` is running, nested in one another.
     static FINISH_DEPTH: Cell<u32> = const { Cell::new(0) };
@@ -92,13 +92,18 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     }
 }
 
-/// Records the role that writes the queue: the extension's owner, as which the capture
-/// trigger runs.
+/// Records the role that writes the queue: the extension's owner, looked up when the capture
+/// trigger loads the definitions.
 pub fn set_writer(role: pg_sys::Oid) {
     OWNER.set(role);
 }
 
-/// Adds a captured notification. Runs inside the (SECURITY DEFINER) capture trigger.
+/// The role that writes the queue (see [`set_writer`]).
+pub fn writer() -> pg_sys::Oid {
+    OWNER.get()
+}
+
+/// Adds a captured notification. Runs inside the capture trigger.
 pub fn add(message_id: i64, record_id: String, payload: String) -> Result<()> {
     register_callbacks();
     // SAFETY: reads the current subtransaction's id.

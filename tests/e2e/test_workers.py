@@ -88,8 +88,12 @@ def test_an_idle_worker_sleeps(db, listener):
     serve(db, listener.url, "sleepy")
     try:
         db.execute("INSERT INTO sleepy VALUES (1, 'x')")
-        wait_for(lambda: db.execute("SELECT count(*) = 0 FROM outbound_msg.queue").fetchone()[0],
-                 what="the queue to drain")
+        # Its own notification: another test's group may still wait for a retry meanwhile.
+        wait_for(lambda: len(listener.notifications()) == 1, what="the notification delivered")
+        wait_for(lambda: db.execute(
+            "SELECT count(*) = 0 FROM outbound_msg.queue q JOIN outbound_msg.message m "
+            "ON m.id = q.message_id WHERE m.object = 'sleepy'::regclass").fetchone()[0],
+            what="its group acknowledged")
         wait_for(lambda: worker_state(db) == "idle", what="the worker to be idle")
         pid = worker_pid(db)
         before = cpu_seconds(pid)
