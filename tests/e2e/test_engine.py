@@ -148,43 +148,6 @@ def test_groups_moved_by_vacuum_full_while_in_flight_are_sent_again_and_none_is_
         slow.stop()
 
 
-def test_groups_moved_by_vacuum_full_while_in_flight_are_sent_again_and_none_is_lost(
-        db, table, reload_with):
-    # A delivery finds its claimed rows again by ctid, checked against their ids. VACUUM FULL
-    # in between moves every row: the acknowledgement then finds none of its rows (and takes
-    # no other row that now sits where one of them was), so they are sent again when their
-    # lease (timeout + 30 s) runs out.
-    reload_with(batch_size="1")
-    slow = Listener(behaviours.slow(1.0))
-    try:
-        message_id = define(db, table, slow.url, "Moved")
-        db.execute("VACUUM FULL outbound_msg.queue")
-        db.execute("DO $$ BEGIN FOR i IN 1..10 LOOP "
-                   "INSERT INTO engine_t VALUES (i, 'x'); END LOOP; END $$")
-        wait_for(lambda: len(slow.requests) >= 4, what="four requests in flight")
-
-        def in_flight():
-            return dict(db.execute("SELECT id, ctid::text FROM outbound_msg.queue "
-                                   "WHERE message_id = %s AND state = 'sending'",
-                                   (message_id,)).fetchall())
-
-        before = in_flight()
-        db.execute("VACUUM FULL outbound_msg.queue")
-        after = in_flight()
-        assert before and before.keys() == after.keys()
-        assert all(after[id] != before[id] for id in before), "VACUUM FULL moved them"
-
-        wait_for(lambda: db.execute("SELECT count(*) = 0 FROM outbound_msg.queue "
-                                    "WHERE message_id = %s", (message_id,)).fetchone()[0],
-                 timeout=90, what="every group delivered and acknowledged")
-        sent = [n["id"] for n in slow.notifications()]
-        assert len(set(sent)) == 10
-        # The moved groups went twice, the others once.
-        assert len(sent) == 10 + len(before)
-    finally:
-        slow.stop()
-
-
 def test_statistics_that_call_a_busy_queue_empty_are_refreshed(db, table, listener, reload_with):
     # Analyzed while drained, the queue keeps its pages and is believed empty whatever arrives:
     # claims planned for one row read the whole backlog. The worker analyzes it when a claim
