@@ -194,11 +194,11 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
     }
     // The trigger runs as whoever changed the row, who may not read the definitions: they
     // are read as the extension's owner, who also writes the queue.
-    let (messages, owner) = roles::run_as_owner(|| {
-        Spi::connect(|client| catalog::active_messages(client, relid)).map(|m| (m, roles::current()))
-    })?;
+    let owner = roles::extension_owner();
+    let messages =
+        roles::run_as(owner, || Spi::connect(|client| catalog::active_messages(client, relid)))?;
     DEFINITIONS_TABLE.set(catalog::definitions_table());
-    pending::set_writer(owner);
+    pending::set_owner(owner);
     let prepared: Vec<Prepared> = messages
         .into_iter()
         .map(|message| Prepared {
@@ -329,7 +329,7 @@ fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::err
     let holds = |row: &Row| match &message.criteria {
         None => Ok(true),
         // As the extension's owner, as when the criteria were checked at definition.
-        Some(text) => roles::run_as(pending::writer(), || {
+        Some(text) => roles::run_as(pending::owner(), || {
             Spi::connect(|_| {
                 criteria::holds(row.type_oid(), &message.table_alias, text, row.composite())
             })

@@ -86,20 +86,20 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     // The statement's AFTER triggers have run: write what they captured (rows captured by
     // statements nested inside them were written when those finished).
     if DEEPEST.get() >= depth {
-        if let Err(err) = roles::run_as(OWNER.get(), || flush(depth)) {
+        if let Err(err) = flush(depth) {
             err.report();
         }
     }
 }
 
-/// Records the role that writes the queue: the extension's owner, looked up when the capture
-/// trigger loads the definitions.
-pub fn set_writer(role: pg_sys::Oid) {
+/// Records the extension's owner, who writes the queue (and as whom capture evaluates
+/// criteria); looked up when the capture trigger loads the definitions.
+pub fn set_owner(role: pg_sys::Oid) {
     OWNER.set(role);
 }
 
-/// The role that writes the queue (see [`set_writer`]).
-pub fn writer() -> pg_sys::Oid {
+/// The extension's owner, as recorded by [`set_owner`].
+pub fn owner() -> pg_sys::Oid {
     OWNER.get()
 }
 
@@ -159,8 +159,8 @@ fn retain(mut keep: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
     })
 }
 
-/// Writes, grouped per message in capture order, every waiting notification captured at
-/// statement depth `depth` or deeper by the current subtransaction.
+/// Writes, as the extension's owner, grouped per message in capture order, every waiting
+/// notification captured at statement depth `depth` or deeper by the current subtransaction.
 fn flush(depth: u32) -> Result<()> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { unguarded::GetCurrentSubTransactionId() };
@@ -176,7 +176,7 @@ fn flush(depth: u32) -> Result<()> {
             notification.payload,
         );
     }
-    queue::write_groups(groups).map(|_| ())
+    roles::run_as(OWNER.get(), || queue::write_groups(groups)).map(|_| ())
 }
 
 fn register_callbacks() {
@@ -211,10 +211,7 @@ unsafe extern "C-unwind" fn on_transaction(
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
             unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-            let written = roles::run_as(OWNER.get(), || {
-                forget_vanished_messages()?;
-                flush(0)
-            });
+            let written = roles::run_as(OWNER.get(), forget_vanished_messages).and_then(|()| flush(0));
             // SAFETY: pops the snapshot pushed above.
             unsafe { pg_sys::PopActiveSnapshot() };
             FLUSH_LENGTH.set(FLUSH_AT);

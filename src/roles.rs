@@ -109,13 +109,17 @@ pub fn api_call<T>(
 
 /// Runs `f` as the owner of the extension, who owns its tables.
 pub fn run_as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = Spi::get_one::<pg_sys::Oid>(
+    run_as(extension_owner(), f)
+}
+
+/// The owner of the extension (the bootstrap superuser if it cannot be read).
+pub fn extension_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>(
         "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'outbound_msg'",
     )
     .ok()
     .flatten()
-    .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
-    run_as(owner, f)
+    .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
 }
 
 struct Restore {
