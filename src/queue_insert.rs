@@ -145,7 +145,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
     let relid = match TABLE.with_borrow(|table| table.as_ref().map(|t| t.relid)) {
         Some(relid) => relid,
-        None => queue_relid()?,
+        None => extension_relation(c"queue")?,
     };
     // SAFETY: the relation is opened and locked for the rest of the transaction. An ERROR in
     // between aborts the transaction, which frees what the paths below allocated.
@@ -478,19 +478,11 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
         };
     }
     // SAFETY: as the caller guarantees.
-    let layout = unsafe { layout(desc) }?;
-    // SAFETY: as the caller guarantees.
-    let required = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) }
-        .iter()
-        .map(|a| !a.is_dropped() && a.attnotnull)
-        .collect::<Vec<_>>();
+    let (layout, fills_every_required_column) = unsafe { layout(desc) }?;
     let table = Rc::new(QueueTable {
         relid,
-        sequence: id_sequence()?,
-        fills_every_required_column: required
-            .iter()
-            .zip(&layout)
-            .all(|(required, column)| !required || column.is_some()),
+        sequence: extension_relation(c"queue_id_blocks")?,
+        fills_every_required_column,
         layout,
         plain_index: Default::default(),
     });
@@ -498,46 +490,42 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
     Ok(table)
 }
 
-fn queue_relid() -> Result<pg_sys::Oid> {
-    let relid = crate::catalog::extension_relation(c"queue");
+/// The extension's relation `outbound_msg.name` (the queue, the sequence of its id blocks),
+/// which must exist.
+fn extension_relation(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
+    let relid = crate::catalog::extension_relation(name);
     if relid == pg_sys::InvalidOid {
         return Err(Error::new(
             Kind::Internal,
-            "table outbound_msg.queue does not exist",
+            format!("relation outbound_msg.{} does not exist", name.to_string_lossy()),
         ));
     }
     Ok(relid)
 }
 
-/// Which column each of the queue's attributes is (`None`: dropped, or one left NULL).
+/// Which column each of the queue's attributes is (`None`: dropped, or one left NULL), and
+/// whether every NOT NULL attribute is one of those filled.
 ///
 /// # Safety
 /// `desc` must be a valid tuple descriptor.
-unsafe fn layout(desc: pg_sys::TupleDesc) -> Result<Vec<Option<Column>>> {
+unsafe fn layout(desc: pg_sys::TupleDesc) -> Result<(Vec<Option<Column>>, bool)> {
     let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) };
-    let layout: Vec<Option<Column>> = desc
-        .iter()
-        .map(|a| (!a.is_dropped()).then(|| Column::named(a.name())).flatten())
-        .collect();
+    let mut fills_every_required_column = true;
+    let mut layout = Vec::with_capacity(desc.len());
+    for attribute in desc.iter() {
+        let column = (!attribute.is_dropped())
+            .then(|| Column::named(attribute.name()))
+            .flatten();
+        fills_every_required_column &= column.is_some() || !attribute.attnotnull;
+        layout.push(column);
+    }
     if !layout.iter().any(|c| matches!(c, Some(Column::Id))) {
         return Err(Error::new(
             Kind::Internal,
             "table outbound_msg.queue has no column \"id\"",
         ));
     }
-    Ok(layout)
-}
-
-/// The sequence whose values start the blocks of queue ids.
-fn id_sequence() -> Result<pg_sys::Oid> {
-    let sequence = crate::catalog::extension_relation(c"queue_id_blocks");
-    if sequence == pg_sys::InvalidOid {
-        return Err(Error::new(
-            Kind::Internal,
-            "sequence outbound_msg.queue_id_blocks does not exist",
-        ));
-    }
-    Ok(sequence)
+    Ok((layout, fills_every_required_column))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
