@@ -33,6 +33,13 @@ struct Slot {
     paused: bool,
 }
 
+impl Slot {
+    /// A worker runs and was already woken since its last claim, or is paused.
+    fn needs_no_wake(&self) -> bool {
+        self.latch != 0 && (self.woken || self.paused)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Shared {
     launcher_latch: usize,
@@ -90,7 +97,7 @@ pub fn request_delivery(database: pg_sys::Oid) {
         .share()
         .slots
         .iter()
-        .any(|s| s.database == database.to_u32() && s.latch != 0 && (s.woken || s.paused));
+        .any(|s| s.database == database.to_u32() && s.needs_no_wake());
     if settled {
         return;
     }
@@ -98,7 +105,7 @@ pub fn request_delivery(database: pg_sys::Oid) {
         let mut shared = SHARED.exclusive();
         let launcher = shared.launcher_latch;
         match slot_of(&mut shared.slots, database.to_u32(), true) {
-            Some(slot) if slot.latch != 0 && (slot.woken || slot.paused) => 0,
+            Some(slot) if slot.needs_no_wake() => 0,
             Some(slot) if slot.latch != 0 => {
                 slot.woken = true;
                 slot.latch
