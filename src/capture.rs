@@ -441,7 +441,7 @@ impl Row<'_> {
             let natts = (*desc).natts as usize;
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![true; natts];
-            pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            crate::unguarded::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             Row {
                 tuple,
                 desc: PgTupleDesc::from_pg_unchecked(desc),

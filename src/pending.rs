@@ -164,17 +164,16 @@ fn retain(mut keep: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
 fn flush(depth: u32) -> Result<()> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { unguarded::GetCurrentSubTransactionId() };
-    let due = retain(|p| p.depth < depth || p.subtransaction != current);
-    if due.is_empty() {
-        return Ok(());
-    }
     let mut groups = queue::Groups::new(guc::batch_size());
-    for notification in due {
-        groups.push(
-            notification.message_id,
-            notification.record_id,
-            notification.payload,
-        );
+    // Taken out in place: the buffer keeps its memory for the next statement.
+    BUFFER.with_borrow_mut(|buffer| {
+        for due in buffer.extract_if(.., |p| p.depth >= depth && p.subtransaction == current) {
+            groups.push(due.message_id, due.record_id, due.payload);
+        }
+        DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
+    });
+    if groups.is_empty() {
+        return Ok(());
     }
     roles::run_as(OWNER.get(), || queue::write_groups(groups)).map(|_| ())
 }

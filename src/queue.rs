@@ -59,9 +59,6 @@ fn tids_and_ids(rows: &[Row]) -> (Vec<pg_sys::ItemPointerData>, Vec<i64>) {
 /// message and its notifications' record ids and payloads.
 pub struct Groups {
     groups: Vec<(i64, Vec<String>, Vec<String>)>,
-    /// The latest group of each message, by index (a table has few messages: a list is
-    /// cheaper to search than a map is to build for a single-row statement).
-    open: Vec<(i64, usize)>,
     size: usize,
 }
 
@@ -70,25 +67,25 @@ impl Groups {
     pub fn new(size: usize) -> Groups {
         Groups {
             groups: Vec::new(),
-            open: Default::default(),
             size: size.clamp(1, GROUP_LIMIT as usize),
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
     /// Adds a notification of `message_id` to that message's open group, or a new one.
     pub fn push(&mut self, message_id: i64, record_id: String, payload: String) {
-        let open = self.open.iter().position(|(m, _)| *m == message_id);
-        let index = match open.map(|i| self.open[i].1) {
+        // A message's open group is its latest one, among the last groups of as many messages
+        // as are interleaved: found from the end in a step or two, without a map to build.
+        let open = self.groups.iter().rposition(|(m, _, _)| *m == message_id);
+        let index = match open {
             Some(index) if self.groups[index].1.len() < self.size => index,
             _ => {
                 // Grown as filled: most statements change one row.
                 self.groups.push((message_id, Vec::new(), Vec::new()));
-                let index = self.groups.len() - 1;
-                match open {
-                    Some(i) => self.open[i].1 = index,
-                    None => self.open.push((message_id, index)),
-                }
-                index
+                self.groups.len() - 1
             }
         };
         let (_, record_ids, payloads) = &mut self.groups[index];

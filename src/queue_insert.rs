@@ -24,6 +24,7 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use crate::error::{Error, Kind, Result};
+use crate::unguarded::{self, raising};
 
 /// A queue row to insert: a message and its notifications' record ids and payloads.
 pub type NewRow = (i64, Vec<String>, Vec<String>);
@@ -183,7 +184,10 @@ unsafe fn plain_index(
 ) -> Option<(pg_sys::Relation, *mut pg_sys::IndexInfo)> {
     // SAFETY: reads the open relation's relcache entry, and opens its index.
     unsafe {
-        if !table.fills_every_required_column || !(*relation).trigdesc.is_null() {
+        if !table.fills_every_required_column
+            || table.layout.len() > MAX_PLAIN_COLUMNS
+            || !(*relation).trigdesc.is_null()
+        {
             return None;
         }
         let constraints = (*(*relation).rd_att).constr;
@@ -230,6 +234,10 @@ unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<PlainIndex> {
     }
 }
 
+/// Most attributes of a queue that rows may go straight to the heap of: their values are
+/// formed in arrays on the stack. (The queue has 11; a wider one goes through the executor.)
+const MAX_PLAIN_COLUMNS: usize = 32;
+
 /// Forms each row and hands it to `heap_insert`, then its key to `index_insert`: what
 /// `ExecSimpleRelationInsert` would do for this table, without an executor state, result
 /// relation and slot to set up and tear down for every statement.
@@ -243,48 +251,51 @@ unsafe fn insert_plainly(
     table: &QueueTable,
     rows: Vec<NewRow>,
 ) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(rows.len());
-    let columns = table.layout.len();
-    let mut values = vec![pg_sys::Datum::from(0); columns];
-    let mut nulls = vec![true; columns];
-    // SAFETY: as the caller guarantees; each row's memory is reset after it is stored.
+    let ids: Vec<i64> = rows.iter().map(|_| next_id(table.sequence)).collect();
+    let columns = table.layout.len().min(MAX_PLAIN_COLUMNS);
+    let mut values = [pg_sys::Datum::from(0); MAX_PLAIN_COLUMNS];
+    let mut nulls = [true; MAX_PLAIN_COLUMNS];
+    let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+    let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+    let row_memory = row_memory();
+    // SAFETY: as the caller guarantees. Nothing in the closure needs dropping or can panic
+    // (slices are sized above, key attributes are checked by `get`); each row's memory is
+    // reset after it is stored.
     unsafe {
-        let keys = (*info).ii_NumIndexAttrs as usize;
-        let mut key_values = vec![pg_sys::Datum::from(0); keys];
-        let mut key_nulls = vec![false; keys];
-        let row_memory = row_memory();
-        let command = pg_sys::GetCurrentCommandId(true);
-        let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-        for row in rows {
-            // Also frees what a row left behind when an ERROR interrupted it.
-            pg_sys::MemoryContextReset(row_memory);
-            let previous = pg_sys::MemoryContextSwitchTo(row_memory);
-            let id = fill_row(table, &row, now, &mut values, &mut nulls);
-            let tuple = pg_sys::heap_form_tuple(
-                (*relation).rd_att,
-                values.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            );
-            pg_sys::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
-            for key in 0..keys {
-                let attno = (*info).ii_IndexAttrNumbers[key] as usize;
-                key_values[key] = values[attno - 1];
-                key_nulls[key] = nulls[attno - 1];
+        let keys = ((*info).ii_NumIndexAttrs as usize).min(pg_sys::INDEX_MAX_KEYS as usize);
+        let key_attributes = &(&(*info).ii_IndexAttrNumbers)[..keys];
+        let desc = (*relation).rd_att;
+        unguarded::boundary(|| {
+            let command = raising::GetCurrentCommandId(true);
+            let now = pg_sys::Datum::from(unguarded::GetCurrentTransactionStartTimestamp());
+            for (row, &id) in rows.iter().zip(&ids) {
+                // Also frees what a row left behind when an ERROR interrupted it.
+                raising::MemoryContextReset(row_memory);
+                let previous = pg_sys::MemoryContextSwitchTo(row_memory);
+                fill_row(table, row, id, now, &mut values[..columns], &mut nulls[..columns]);
+                let tuple = raising::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                raising::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
+                for ((key_value, key_null), &attno) in
+                    key_values.iter_mut().zip(&mut key_nulls).zip(key_attributes)
+                {
+                    let attribute = (attno as usize).wrapping_sub(1);
+                    *key_value = values.get(attribute).copied().unwrap_or(pg_sys::Datum::from(0));
+                    *key_null = nulls.get(attribute).copied().unwrap_or(true);
+                }
+                raising::index_insert(
+                    index,
+                    key_values.as_mut_ptr(),
+                    key_nulls.as_mut_ptr(),
+                    &mut (*tuple).t_self,
+                    relation,
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
+                    false,
+                    info,
+                );
+                pg_sys::MemoryContextSwitchTo(previous);
             }
-            pg_sys::index_insert(
-                index,
-                key_values.as_mut_ptr(),
-                key_nulls.as_mut_ptr(),
-                &mut (*tuple).t_self,
-                relation,
-                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
-                false,
-                info,
-            );
-            pg_sys::MemoryContextSwitchTo(previous);
-            pg_sys::MemoryContextReset(row_memory);
-            ids.push(id);
-        }
+            raising::MemoryContextReset(row_memory);
+        });
         // Locked until the transaction ends, as the table is.
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
@@ -350,11 +361,12 @@ unsafe fn insert_through_executor(
         }
 
         for row in rows {
+            let id = next_id(table.sequence);
             pg_sys::ExecClearTuple(slot);
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, table.layout.len());
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, table.layout.len());
             let previous = pg_sys::MemoryContextSwitchTo(row_memory);
-            let id = fill_row(table, &row, now, values, nulls);
+            unguarded::boundary(|| fill_row(table, &row, id, now, values, nulls));
             pg_sys::MemoryContextSwitchTo(previous);
             pg_sys::ExecStoreVirtualTuple(slot);
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
@@ -372,23 +384,24 @@ unsafe fn insert_through_executor(
     ids
 }
 
-/// Sets `values` and `nulls` to the queue row of `row`, new and due `now`, in the current
-/// memory context; returns its id.
+/// Sets `values` and `nulls` to the queue row `id` of `row`, new and due `now`, in the current
+/// memory context.
 ///
 /// # Safety
-/// Must run in a transaction; `values` and `nulls` have one entry per attribute.
+/// Only inside [`unguarded::boundary`], in a transaction; `values` and `nulls` have one entry
+/// per attribute.
 unsafe fn fill_row(
     table: &QueueTable,
     row: &NewRow,
+    id: i64,
     now: pg_sys::Datum,
     values: &mut [pg_sys::Datum],
     nulls: &mut [bool],
-) -> i64 {
+) {
     let (message_id, record_ids, payloads) = row;
-    let id = next_id(table.sequence);
-    for (index, column) in table.layout.iter().enumerate() {
+    for ((column, value), null) in table.layout.iter().zip(values).zip(nulls) {
         // SAFETY: as the caller guarantees.
-        let value = unsafe {
+        let filled = unsafe {
             match column {
                 None => None,
                 Some(Column::Id) => Some(pg_sys::Datum::from(id)),
@@ -400,20 +413,20 @@ unsafe fn fill_row(
                 Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
             }
         };
-        values[index] = value.unwrap_or(pg_sys::Datum::from(0));
-        nulls[index] = value.is_none();
+        *value = filled.unwrap_or(pg_sys::Datum::from(0));
+        *null = filled.is_none();
     }
-    id
 }
 
 /// A `text` datum of `value`, in the current memory context.
 ///
 /// # Safety
-/// Must run in a transaction; the datum lives as long as the current memory context.
+/// Only inside [`unguarded::boundary`], in a transaction; the datum lives as long as the
+/// current memory context.
 unsafe fn text(value: &str) -> pg_sys::Datum {
     // SAFETY: copies `value.len()` bytes of `value` into a new varlena.
     unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+        pg_sys::Datum::from(raising::cstring_to_text_with_len(
             value.as_ptr().cast(),
             value.len() as i32,
         ))
@@ -431,7 +444,7 @@ unsafe fn text(value: &str) -> pg_sys::Datum {
 unsafe fn text_array(items: &[String]) -> pg_sys::Datum {
     if items.is_empty() {
         // SAFETY: as the caller guarantees. (An empty array has no dimension at all.)
-        return unsafe { pg_sys::Datum::from(pg_sys::construct_empty_array(pg_sys::TEXTOID)) };
+        return unsafe { pg_sys::Datum::from(raising::construct_empty_array(pg_sys::TEXTOID)) };
     }
     const HEADER: usize = size_of::<pg_sys::ArrayType>() + 2 * size_of::<i32>();
     let overhead = HEADER.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
@@ -440,7 +453,7 @@ unsafe fn text_array(items: &[String]) -> pg_sys::Datum {
     // SAFETY: `size` bytes, zeroed, so padding is zero as construct_array leaves it; every
     // write below stays within them.
     unsafe {
-        let array = pg_sys::palloc0(size) as *mut pg_sys::ArrayType;
+        let array = raising::palloc0(size) as *mut pg_sys::ArrayType;
         pgrx::set_varsize_4b(array.cast(), size as i32);
         (*array).ndim = 1;
         (*array).dataoffset = 0;
@@ -543,7 +556,7 @@ mod tests {
         ];
         for items in cases {
             // SAFETY: inside a transaction; the datum lives in the current memory context.
-            let ours = unsafe { super::text_array(&items) };
+            let ours = unsafe { crate::unguarded::boundary(|| super::text_array(&items)) };
             let same = Spi::get_one_with_args::<bool>(
                 "SELECT $1::text[] = $2::text[] AND array_length($1, 1) IS NOT DISTINCT FROM
                         array_length($2, 1) AND array_lower($1, 1) IS NOT DISTINCT FROM

@@ -4,6 +4,8 @@
 
 use pgrx::prelude::*;
 
+use crate::unguarded;
+
 /// The role running the current command.
 pub fn current() -> pg_sys::Oid {
     // SAFETY: reads backend-local state.
@@ -82,8 +84,8 @@ pub fn run_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_context = 0;
     // SAFETY: reads and sets backend-local state; the guard restores it.
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_role, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
+        unguarded::GetUserIdAndSecContext(&mut saved_role, &mut saved_context);
+        unguarded::SetUserIdAndSecContext(
             role,
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
@@ -130,6 +132,6 @@ struct Restore {
 impl Drop for Restore {
     fn drop(&mut self) {
         // SAFETY: restores what `run_as` saved.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.role, self.context) }
+        unsafe { unguarded::SetUserIdAndSecContext(self.role, self.context) }
     }
 }
