@@ -342,9 +342,8 @@ def queue_size_after_vacuum(db):
     return db.execute("SELECT pg_total_relation_size('outbound_msg.queue')").fetchone()[0]
 
 
-def bench_scale(db, count):
-    print(f"\n5. Scale: a {count:,} backlog drained, twice")
-    samples, peak_private, pid = drain_backlog(db, count)
+def tenth_rates(samples, count):
+    """Rates of the first and the last tenth of a drain, from its samples."""
     tenth = count // 10
 
     def time_to(n):
@@ -357,31 +356,41 @@ def bench_scale(db, count):
                 return t0 + (t - t0) * (n - done0) / max(done - done0, 1)
             before = (t, done)
 
-    first = tenth / time_to(tenth)
-    last = tenth / (time_to(count) - time_to(count - tenth))
-    total = samples[-1][0]
-    size = queue_size_after_vacuum(db)
-    report("drain time", total, "s")
-    report("overall rate", count / total, "notifications/s")
-    report("worker peak private memory (RssAnon)", peak_private / 1024, "MiB",
+    return tenth / time_to(tenth), tenth / (time_to(count) - time_to(count - tenth))
+
+
+def bench_scale(db, count):
+    # Three equal backlogs, each drained and vacuumed. A tenth of a drain takes about 2 s, and
+    # on this machine single tenths of one flat drain differ by up to a fifth: the rate
+    # figures are the median drain's (by last/first), the memory figure the largest.
+    print(f"\n5. Scale: a {count:,} backlog drained, three times")
+    drains = []
+    for _ in range(3):
+        samples, peak_private, pid = drain_backlog(db, count)
+        first, last = tenth_rates(samples, count)
+        drains.append({"time": samples[-1][0], "private": peak_private, "pid": pid,
+                       "first": first, "last": last, "size": queue_size_after_vacuum(db)})
+    median = sorted(drains, key=lambda d: d["last"] / d["first"])[1]
+    peak_private = max(d["private"] for d in drains)
+    report("drain time (median drain)", median["time"], "s")
+    report("overall rate", count / median["time"], "notifications/s")
+    report("worker peak private memory (RssAnon, largest)", peak_private / 1024, "MiB",
            target="<= 64 MiB", met=peak_private / 1024 <= 64)
     report("worker peak RSS incl. shared buffers read (VmHWM)",
-           memory_kib(pid, "VmHWM") / 1024, "MiB")
+           memory_kib(drains[-1]["pid"], "VmHWM") / 1024, "MiB")
+    first, last = median["first"], median["last"]
     report("rate, first 10%", first, "notifications/s")
     report("rate, last 10%", last, "notifications/s", baseline=first, ratio=last / first,
            target="within 20% of the first", met=abs(last / first - 1) <= 0.2)
-    report("queue size at the backlog's peak (largest)", PEAK[0] / 1024, "KiB")
-    report("queue size after drain and VACUUM", size / 1024, "KiB")
+    print("    last/first of each drain: " + ", ".join(
+        f"{d['last'] / d['first']:.2f}" for d in drains))
     # Unbounded bloat would be space that drains and VACUUM never give back: each round must
     # keep at most half of the backlog's peak size.
-    drain_backlog(db, count)
-    second = queue_size_after_vacuum(db)
-    drain_backlog(db, count)
-    third = queue_size_after_vacuum(db)
-    report("... after a second equal backlog", second / 1024, "KiB")
-    report("... after a third", third / 1024, "KiB")
-    report("    (peak over the three backlogs)", PEAK[0] / 1024, "KiB")
-    worst = max(size, second, third)
+    report("queue size at the backlogs' peak (largest)", PEAK[0] / 1024, "KiB")
+    for label, drain in zip(["queue size after drain and VACUUM", "... after a second equal backlog",
+                             "... after a third"], drains):
+        report(label, drain["size"] / 1024, "KiB")
+    worst = max(d["size"] for d in drains)
     report("largest of the three, against the peak", worst / 1024, "KiB", baseline=PEAK[0] / 1024,
            ratio=worst / PEAK[0], target="space reclaimed (<= 0.5 of the peak)",
            met=worst <= 0.5 * PEAK[0])
