@@ -8,8 +8,8 @@ bench/run.sh, which installs and builds first.
                       (each transaction picks one), and while delivering
   3. throughput:      100,000 notifications queued at one commit, until nginx acked them all
   4. latency:         20 single-row commits per second for 30 s, commit timestamp to arrival
-  5. scale:           a 1,000,000 backlog drained: worker peak RSS, rate at start and end,
-                      queue size after VACUUM
+  5. scale:           a 1,000,000 backlog drained three times: worker peak RSS, rate of the
+                      first and last tenth (median drain), queue size after each VACUUM
 """
 
 import argparse
