@@ -139,24 +139,27 @@ fn forget_vanished_messages() -> Result<()> {
         &[waiting.into()],
     )?
     .unwrap_or_default();
-    retain(|p| existing.contains(&p.message_id));
+    forget(|p| !existing.contains(&p.message_id));
     Ok(())
 }
 
 /// Forgets what waits of a message that is being dropped.
 pub fn forget_message(message_id: i64) {
-    retain(|p| p.message_id != message_id);
+    forget(|p| p.message_id == message_id);
 }
 
-/// Keeps the waiting notifications `keep` accepts; returns those it refused, in order.
-fn retain(mut keep: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
+/// Takes the waiting notifications `due` accepts out of the buffer, in order, and hands each
+/// to `take`. The rest stay, and the buffer keeps its memory for the next statement.
+fn take_out(mut due: impl FnMut(&Pending) -> bool, take: impl FnMut(Pending)) {
     BUFFER.with_borrow_mut(|buffer| {
-        let (kept, refused): (Vec<Pending>, Vec<Pending>) =
-            std::mem::take(buffer).into_iter().partition(|p| keep(p));
-        *buffer = kept;
+        buffer.extract_if(.., |p| due(p)).for_each(take);
         DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
-        refused
     })
+}
+
+/// Forgets the waiting notifications `forgotten` accepts.
+fn forget(forgotten: impl FnMut(&Pending) -> bool) {
+    take_out(forgotten, drop);
 }
 
 /// Writes, as the extension's owner, grouped per message in capture order, every waiting
@@ -165,13 +168,10 @@ fn flush(depth: u32) -> Result<()> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { unguarded::GetCurrentSubTransactionId() };
     let mut groups = queue::Groups::new(guc::batch_size());
-    // Taken out in place: the buffer keeps its memory for the next statement.
-    BUFFER.with_borrow_mut(|buffer| {
-        for due in buffer.extract_if(.., |p| p.depth >= depth && p.subtransaction == current) {
-            groups.push(due.message_id, due.record_id, due.payload);
-        }
-        DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
-    });
+    take_out(
+        |p| p.depth >= depth && p.subtransaction == current,
+        |due| groups.push(due.message_id, due.record_id, due.payload),
+    );
     if groups.is_empty() {
         return Ok(());
     }
@@ -205,7 +205,7 @@ unsafe extern "C-unwind" fn on_transaction(
             }
             // DROP EXTENSION in this transaction took the queue, and every message, with it.
             if crate::catalog::extension_relation(c"queue") == pg_sys::InvalidOid {
-                retain(|_| false);
+                forget(|_| true);
                 return;
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
@@ -219,7 +219,7 @@ unsafe extern "C-unwind" fn on_transaction(
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            retain(|_| false);
+            forget(|_| true);
             FLUSH_LENGTH.set(FLUSH_AT);
         }
         _ => {}
@@ -236,7 +236,7 @@ unsafe extern "C-unwind" fn on_subtransaction(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            retain(|p| p.subtransaction != subtransaction);
+            forget(|p| p.subtransaction == subtransaction);
         }
         SUBXACT_EVENT_COMMIT_SUB => BUFFER.with_borrow_mut(|buffer| {
             for pending in buffer

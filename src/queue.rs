@@ -138,7 +138,7 @@ fn with_kept_plan<'conn, R>(
 
 /// Writes `groups`, one queue row each; returns the rows' ids.
 pub fn write_groups(groups: Groups) -> Result<Vec<i64>> {
-    if groups.groups.is_empty() {
+    if groups.is_empty() {
         return Ok(Vec::new());
     }
     wake::after_commit();
