@@ -112,7 +112,10 @@ def test_rows_are_queued_by_the_statement_that_captured_them_not_by_a_later_save
             copy.write_row((1, "copied"))
             copy.write_row((2, "copied"))
         db.execute("INSERT INTO parcel VALUES (3, 'kept')")
-        assert queued(db, message_id) >= 1, "an INSERT's rows are queued when it finishes"
+        waiting = db.execute(
+            "SELECT array_agg(r ORDER BY r) FROM outbound_msg.queue, unnest(record_ids) r "
+            "WHERE message_id = %s", (message_id,)).fetchone()[0]
+        assert waiting == ["3"], "the INSERT's row is queued when it finishes; the COPY's wait"
         db.execute("SAVEPOINT s")
         db.execute("INSERT INTO parcel VALUES (4, 'rolled back')")
         db.execute("ROLLBACK TO SAVEPOINT s")
