@@ -35,7 +35,8 @@ COMMENT ON VIEW outbound_msg.messages IS
     'Outbound message definitions, one row per message, for psql';
 
 -- Like Salesforce's Outbound Messaging Delivery Status page: every notification not yet
--- acknowledged. A "sending" notification whose lease ran out is due again: shown as retrying.
+-- acknowledged. A "sending" notification whose lease ran out is due again: shown as retrying;
+-- a new one (the worker has not seen it yet) is queued.
 CREATE VIEW outbound_msg.delivery_status AS
 SELECT m.unique_name AS message,
        m.object AS table_name,
@@ -43,6 +44,7 @@ SELECT m.unique_name AS message,
        r.record_id,
        outbound_msg.notification_id(q.id * 100 + r.position - 1) AS notification_id,
        CASE WHEN q.state = 'sending' AND q.next_attempt_at <= now() THEN 'retrying'
+            WHEN q.state = 'new' THEN 'queued'
             ELSE q.state END AS state,
        q.attempts,
        q.created_at,

@@ -51,7 +51,7 @@ CREATE TABLE outbound_msg.queue (
     record_ids      text[] NOT NULL,
     payloads        text[] COMPRESSION lz4 NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    state           text NOT NULL DEFAULT 'queued',
+    state           text NOT NULL DEFAULT 'new',
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_attempt_at timestamptz,
@@ -60,12 +60,15 @@ CREATE TABLE outbound_msg.queue (
 );
 -- Claims read each message's groups in order of due time, and only of messages that may take
 -- more: a message whose connections are all busy costs a claim nothing, whatever its backlog.
--- Not partial (WHERE state <> 'expired'): an expired group's next_attempt_at is 'infinity',
--- after every due one, and a partial index's predicate is planned again for every INSERT
--- statement, a sixth of a single-row capture's cost. Administrative work on one message
--- (retry, discard, drop) uses it too.
+-- New groups are not in it: an index entry was a third of what capturing a single-row change
+-- cost. The committing transaction tells the worker where its rows are, the worker moves them
+-- into the index (state 'queued'), and claims them from there (src/worker/wake.rs). Rows go
+-- into the queue without the executor (src/queue_insert.rs), which would plan this predicate
+-- for every INSERT statement. Expired groups stay in it: their next_attempt_at is 'infinity',
+-- after every due one.
 CREATE SEQUENCE outbound_msg.queue_id_blocks INCREMENT BY 100 OWNED BY outbound_msg.queue.id;
-CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id);
+CREATE INDEX queue_due ON outbound_msg.queue (message_id, next_attempt_at, id)
+    WHERE state <> 'new';
 -- Never searched by content: ANALYZE (autovacuum's, or the worker's after a burst) need not
 -- read and hash every payload.
 ALTER TABLE outbound_msg.queue ALTER COLUMN record_ids SET STATISTICS 0,
@@ -83,7 +86,7 @@ COMMENT ON TABLE outbound_msg.queue IS
 COMMENT ON COLUMN outbound_msg.queue.payloads IS
     'The sObject fields of each notification as SOAP XML, rendered when the row changed';
 COMMENT ON COLUMN outbound_msg.queue.state IS
-    'queued: never tried; sending: in flight until next_attempt_at (its lease); retrying: failed, '
+    'new: never tried, not yet seen by the worker (in no index); queued: never tried; sending: in flight until next_attempt_at (its lease); retrying: failed, '
     'next try at next_attempt_at; expired: failed past outbound_msg.max_age, kept, not retried';
 COMMENT ON COLUMN outbound_msg.queue.retried_at IS
     'Last outbound_msg.retry() of this group: its age for outbound_msg.max_age counts from here';

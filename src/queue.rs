@@ -100,6 +100,8 @@ thread_local! {
     // Statements planned once per backend and kept: PostgreSQL replans them itself when what
     // they use changes (the extension dropped and created again, say).
     static CLAIM: KeptPlan = const { KeptPlan::new() };
+    static ADMIT_LISTED: KeptPlan = const { KeptPlan::new() };
+    static ADMIT_SWEPT: KeptPlan = const { KeptPlan::new() };
     static ACKNOWLEDGE: KeptPlan = const { KeptPlan::new() };
     static RECORD_FAILURE: KeptPlan = const { KeptPlan::new() };
 }
@@ -228,7 +230,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                         SELECT ctid, id, message_id, next_attempt_at, record_ids
                           FROM outbound_msg.queue
                          WHERE message_id = a.message_id AND next_attempt_at <= now()
-                           AND state <> 'expired'
+                           AND state <> 'expired' AND state <> 'new'
                          ORDER BY next_attempt_at, id
                          LIMIT least(a.n, $1)) q),
              running AS (
@@ -289,6 +291,112 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
     })
 }
 
+/// New groups to move into the due index: the ones committing transactions listed, or, in a
+/// sweep, every one from a block on.
+pub enum NewGroups<'a> {
+    /// At these addresses (`block << 16 | offset`).
+    Listed(&'a [u64]),
+    /// At most `limit` groups, in the order they lie, from the start of `block` on.
+    From { block: u32, limit: i64 },
+}
+
+/// What [`admit`] left.
+pub struct Admitted {
+    /// New groups it found but could not take: another transaction has them locked.
+    pub locked: Vec<u64>,
+    /// Where a sweep goes on (it took `limit` groups); `None`: nothing more to sweep.
+    pub sweep_from: Option<u32>,
+}
+
+/// Moves new groups into the due index (state `queued`), so that claims find them. A new group
+/// is in no index: every capturing transaction saves an index insert, and the worker, which
+/// learns from the committing transactions where their rows are, adds it.
+pub fn admit(groups: NewGroups) -> Result<Admitted> {
+    const ADMIT: &str = "
+        locked AS (
+            SELECT ctid FROM outbound_msg.queue
+             WHERE ctid = ANY (ARRAY(SELECT ctid FROM found)) AND state = 'new'
+               FOR UPDATE SKIP LOCKED),
+        admitted AS (
+            UPDATE outbound_msg.queue q SET state = 'queued'
+              FROM locked l
+             WHERE q.ctid = l.ctid
+            RETURNING l.ctid)
+        SELECT f.ctid, f.ctid IN (SELECT ctid FROM admitted) FROM found f";
+    Spi::connect_mut(|client| {
+        let (rows, limit) = match groups {
+            NewGroups::Listed(addresses) => {
+                let tids: Vec<pg_sys::ItemPointerData> =
+                    addresses.iter().map(|&a| tid_at(a)).collect();
+                let rows = kept_update(
+                    &ADMIT_LISTED,
+                    client,
+                    &format!(
+                        "WITH found AS MATERIALIZED (
+                             SELECT ctid FROM outbound_msg.queue
+                              WHERE ctid = ANY ($1) AND state = 'new'), {ADMIT}"
+                    ),
+                    &[pg_sys::TIDARRAYOID],
+                    None,
+                    &[tids.into()],
+                )?;
+                (rows, None)
+            }
+            NewGroups::From { block, limit } => {
+                let rows = kept_update(
+                    &ADMIT_SWEPT,
+                    client,
+                    &format!(
+                        "WITH found AS MATERIALIZED (
+                             SELECT ctid FROM outbound_msg.queue
+                              WHERE ctid >= $1 AND state = 'new' LIMIT $2), {ADMIT}"
+                    ),
+                    &[pg_sys::TIDOID, pg_sys::INT8OID],
+                    None,
+                    &[tid_at(u64::from(block) << 16).into(), limit.into()],
+                )?;
+                (rows, Some(limit))
+            }
+        };
+        let mut found = 0;
+        let mut last_block = 0;
+        let mut locked = Vec::new();
+        for row in rows {
+            let tid: pg_sys::ItemPointerData = row.get(1)?.unwrap_or_default();
+            let address = address_of(tid);
+            found += 1;
+            last_block = last_block.max((address >> 16) as u32);
+            if row.get::<bool>(2)? != Some(true) {
+                locked.push(address);
+            }
+        }
+        let sweep_from = limit.filter(|&limit| found >= limit).map(|_| last_block);
+        Ok(Admitted { locked, sweep_from })
+    })
+}
+
+/// The row address `block << 16 | offset` as a ctid.
+fn tid_at(address: u64) -> pg_sys::ItemPointerData {
+    let mut tid = pg_sys::ItemPointerData::default();
+    pgrx::itemptr::item_pointer_set_all(&mut tid, (address >> 16) as u32, address as u16);
+    tid
+}
+
+/// A ctid as the row address `block << 16 | offset`.
+pub fn address_of(tid: pg_sys::ItemPointerData) -> u64 {
+    let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
+    (u64::from(block) << 16) | u64::from(offset)
+}
+
+/// Whether a prepared transaction of this database waits for COMMIT PREPARED.
+pub fn transactions_prepared() -> Result<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts
+                         WHERE database = current_database())",
+    )?
+    .unwrap_or(false))
+}
+
 /// Time until the earliest group of a message not in `excluded` is due (zero if one is due
 /// now), `None` when nothing waits. Groups of excluded messages (all their connections busy)
 /// do not count: the end of one of their deliveries wakes the worker anyway.
@@ -301,7 +409,7 @@ pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
            FROM outbound_msg.message m
           CROSS JOIN LATERAL (
                 SELECT next_attempt_at FROM outbound_msg.queue
-                 WHERE message_id = m.id AND next_attempt_at < 'infinity'
+                 WHERE message_id = m.id AND next_attempt_at < 'infinity' AND state <> 'new'
                  ORDER BY next_attempt_at LIMIT 1) q
           WHERE m.id <> ALL ($1)",
         &[excluded.into()],

@@ -2,12 +2,14 @@
 //! writes one queue row per statement that changed rows, and for a single-row statement the
 //! executor's set-up and tear-down of an `INSERT ... RETURNING` cost more than the row itself.
 //!
-//! The queue as the extension makes it (no trigger, no CHECK constraint, one plain btree
-//! index) gets each row from `heap_insert` and its key from `index_insert`, as a catalog
-//! insert would. If anyone changed that, rows go through `ExecSimpleRelationInsert`, the way
-//! logical replication applies a replicated INSERT: NOT NULL and CHECK constraints, every
-//! index (unique and partial ones included) and triggers apply as they would for an INSERT.
-//! Access rights are not checked: only the extension writes the queue, as its owner.
+//! The queue as the extension makes it (no trigger, no CHECK constraint, one btree index of
+//! the rows that are not new) gets each row from `heap_insert` alone: a new row is in no index,
+//! and the worker learns where it is from the committing transaction ([`wake::rows_written`]).
+//! A queue whose one index is a plain btree one gets each row's key from `index_insert`, as a
+//! catalog insert would. If anyone changed more, rows go through `ExecSimpleRelationInsert`,
+//! the way logical replication applies a replicated INSERT: NOT NULL and CHECK constraints,
+//! every index (unique and partial ones included) and triggers apply as they would for an
+//! INSERT. Access rights are not checked: only the extension writes the queue, as its owner.
 //!
 //! What the queue table is (its OID, which attribute holds which column, the sequence of its
 //! ids) is looked up once and kept until PostgreSQL invalidates the table's relcache entry
@@ -24,7 +26,9 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use crate::error::{Error, Kind, Result};
+use crate::queue::address_of;
 use crate::unguarded::{self, raising};
+use crate::worker::wake;
 
 /// A queue row to insert: a message and its notifications' record ids and payloads.
 pub type NewRow = (i64, Vec<String>, Vec<String>);
@@ -68,10 +72,21 @@ struct QueueTable {
     /// Every NOT NULL column is one this module fills (else only the executor's checks may
     /// insert).
     fills_every_required_column: bool,
-    /// The queue's one index when it is a plain btree one (see [`plain_index`]), found on the
-    /// first insert after the table became known.
-    plain_index: std::cell::OnceCell<Option<PlainIndex>>,
+    /// What the queue's index needs of a new row, when rows may go straight to the heap (see
+    /// [`plain_index`]), found on the first insert after the table became known.
+    plain_index: std::cell::OnceCell<Option<IndexOfRows>>,
 }
+
+/// The queue's one index, as far as new rows are concerned.
+enum IndexOfRows {
+    /// The index of the rows that are not new (as the extension makes it): nothing to add.
+    NotOfNewRows,
+    /// A plain btree index: every row's key is added.
+    Every(PlainIndex),
+}
+
+/// The predicate of the queue's index as the extension makes it, as PostgreSQL deparses it.
+const NOT_NEW: &str = "(state <> 'new'::text)";
 
 /// An index that rows may be added to with `index_insert` alone, and what that needs of it.
 struct PlainIndex {
@@ -162,26 +177,25 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
                 return Err(err);
             }
         };
-        let ids = match plain_index(relation, &table) {
-            Some((index, info)) => insert_plainly(relation, index, info, &table, rows),
+        let (ids, tids) = match plain_index(relation, &table) {
+            Some(index) => insert_plainly(relation, index, &table, rows),
             None => insert_through_executor(relation, &table, rows),
         };
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        wake::rows_written(&tids);
         Ok(ids)
     }
 }
 
-/// The queue's one index, opened, when rows may go straight to the heap and that index: the
-/// queue as this extension makes it. Anything an INSERT would do beyond that (a trigger, a
-/// CHECK constraint or generated column, another index, or a unique, partial, expression or
-/// non-btree one, a NOT NULL column left empty here) sends rows through the executor instead.
+/// What rows that go straight to the heap need of the queue's one index (a plain one opened),
+/// when they may: the queue as this extension makes it, or with a plain btree index instead.
+/// Anything an INSERT would do beyond that (a trigger, a CHECK constraint or generated
+/// column, another index, or a unique, expression or non-btree one, a partial one of other
+/// rows, a NOT NULL column left empty here) sends rows through the executor instead.
 ///
 /// # Safety
 /// `relation` must be the queue, opened and locked, and `table` what is known of it.
-unsafe fn plain_index(
-    relation: pg_sys::Relation,
-    table: &QueueTable,
-) -> Option<(pg_sys::Relation, *mut pg_sys::IndexInfo)> {
+unsafe fn plain_index(relation: pg_sys::Relation, table: &QueueTable) -> Option<OpenIndex> {
     // SAFETY: reads the open relation's relcache entry, and opens its index.
     unsafe {
         if !table.fills_every_required_column
@@ -201,17 +215,26 @@ unsafe fn plain_index(
             .plain_index
             .get_or_init(|| find_plain_index(relation))
             .as_ref()?;
-        let opened = pg_sys::index_open(index.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        Some((opened, index.info))
+        Some(match index {
+            IndexOfRows::NotOfNewRows => None,
+            IndexOfRows::Every(index) => Some((
+                pg_sys::index_open(index.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
+                index.info,
+            )),
+        })
     }
 }
 
-/// The queue's only index if it is a plain btree one: not unique, partial or on expressions,
-/// and ready for inserts.
+/// An index opened for `index_insert`, and its description; `None`: no index takes new rows.
+type OpenIndex = Option<(pg_sys::Relation, *mut pg_sys::IndexInfo)>;
+
+/// The queue's only index if it is a btree one that rows may be added to with `index_insert`
+/// alone, or none at all: not unique nor on expressions, ready for inserts, and either not
+/// partial or the extension's index of rows that are not new.
 ///
 /// # Safety
 /// As for [`plain_index`].
-unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<PlainIndex> {
+unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<IndexOfRows> {
     // SAFETY: as the caller guarantees; the index is opened only to be described.
     unsafe {
         let indexes = pg_sys::RelationGetIndexList(relation);
@@ -226,11 +249,20 @@ unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<PlainIndex> {
         let plain = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
             && !(*info).ii_Unique
             && (*info).ii_ReadyForInserts
-            && (*info).ii_Expressions.is_null()
-            && (*info).ii_Predicate.is_null();
+            && (*info).ii_Expressions.is_null();
+        let of_rows_not_new = plain && !(*info).ii_Predicate.is_null() && {
+            let predicate = pg_sys::make_ands_explicit((*info).ii_Predicate);
+            let context = pg_sys::deparse_context_for(c"queue".as_ptr(), (*relation).rd_id);
+            let text = pg_sys::deparse_expression(predicate.cast(), context, false, false);
+            std::ffi::CStr::from_ptr(text).to_bytes() == NOT_NEW.as_bytes()
+        };
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
         let found = PlainIndex { oid, info };
-        plain.then_some(found)
+        if of_rows_not_new {
+            Some(IndexOfRows::NotOfNewRows)
+        } else {
+            (plain && (*info).ii_Predicate.is_null()).then_some(IndexOfRows::Every(found))
+        }
     }
 }
 
@@ -238,20 +270,21 @@ unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<PlainIndex> {
 /// formed in arrays on the stack. (The queue has 11; a wider one goes through the executor.)
 const MAX_PLAIN_COLUMNS: usize = 32;
 
-/// Forms each row and hands it to `heap_insert`, then its key to `index_insert`: what
-/// `ExecSimpleRelationInsert` would do for this table, without an executor state, result
-/// relation and slot to set up and tear down for every statement.
+/// Forms each row and hands it to `heap_insert`, then its key to `index_insert` if `index`
+/// takes new rows: what `ExecSimpleRelationInsert` would do for this table, without an
+/// executor state, result relation and slot to set up and tear down for every statement.
+/// Returns the rows' ids and addresses.
 ///
 /// # Safety
-/// As for [`plain_index`], which returned `index` and `info`.
+/// As for [`plain_index`], which returned `index`.
 unsafe fn insert_plainly(
     relation: pg_sys::Relation,
-    index: pg_sys::Relation,
-    info: *mut pg_sys::IndexInfo,
+    index: OpenIndex,
     table: &QueueTable,
     rows: Vec<NewRow>,
-) -> Vec<i64> {
+) -> (Vec<i64>, Vec<u64>) {
     let ids: Vec<i64> = rows.iter().map(|_| next_id(table.sequence)).collect();
+    let mut tids = vec![0u64; rows.len()];
     let columns = table.layout.len().min(MAX_PLAIN_COLUMNS);
     let mut values = [pg_sys::Datum::from(0); MAX_PLAIN_COLUMNS];
     let mut nulls = [true; MAX_PLAIN_COLUMNS];
@@ -262,19 +295,29 @@ unsafe fn insert_plainly(
     // (slices are sized above, key attributes are checked by `get`); each row's memory is
     // reset after it is stored.
     unsafe {
-        let keys = ((*info).ii_NumIndexAttrs as usize).min(pg_sys::INDEX_MAX_KEYS as usize);
-        let key_attributes = &(&(*info).ii_IndexAttrNumbers)[..keys];
+        let key_attributes = match index {
+            Some((_, info)) => {
+                let keys = ((*info).ii_NumIndexAttrs as usize).min(pg_sys::INDEX_MAX_KEYS as usize);
+                &(&(*info).ii_IndexAttrNumbers)[..keys]
+            }
+            None => &[][..],
+        };
         let desc = (*relation).rd_att;
         unguarded::boundary(|| {
             let command = raising::GetCurrentCommandId(true);
             let now = pg_sys::Datum::from(unguarded::GetCurrentTransactionStartTimestamp());
-            for (row, &id) in rows.iter().zip(&ids) {
+            for ((row, &id), tid) in rows.iter().zip(&ids).zip(&mut tids) {
                 // Also frees what a row left behind when an ERROR interrupted it.
                 raising::MemoryContextReset(row_memory);
                 let previous = pg_sys::MemoryContextSwitchTo(row_memory);
                 fill_row(table, row, id, now, &mut values[..columns], &mut nulls[..columns]);
                 let tuple = raising::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                 raising::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
+                *tid = address_of((*tuple).t_self);
+                let Some((index, info)) = index else {
+                    pg_sys::MemoryContextSwitchTo(previous);
+                    continue;
+                };
                 for ((key_value, key_null), &attno) in
                     key_values.iter_mut().zip(&mut key_nulls).zip(key_attributes)
                 {
@@ -296,10 +339,12 @@ unsafe fn insert_plainly(
             }
             raising::MemoryContextReset(row_memory);
         });
-        // Locked until the transaction ends, as the table is.
-        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        if let Some((index, _)) = index {
+            // Locked until the transaction ends, as the table is.
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
     }
-    ids
+    (ids, tids)
 }
 
 /// The memory each row is formed in, reset after it: made once per backend, so a single-row
@@ -326,7 +371,7 @@ fn row_memory() -> pg_sys::MemoryContext {
 }
 
 /// Hands each row to `ExecSimpleRelationInsert`, which applies the table's constraints,
-/// indexes and triggers as an INSERT would.
+/// indexes and triggers as an INSERT would. Returns the rows' ids and addresses.
 ///
 /// # Safety
 /// `relation` must be the queue, opened and locked.
@@ -334,8 +379,9 @@ unsafe fn insert_through_executor(
     relation: pg_sys::Relation,
     table: &QueueTable,
     rows: Vec<NewRow>,
-) -> Vec<i64> {
+) -> (Vec<i64>, Vec<u64>) {
     let mut ids = Vec::with_capacity(rows.len());
+    let mut tids = Vec::with_capacity(rows.len());
     // SAFETY: the executor state, its slot and the row context live in the executor state's
     // memory and are freed with it below.
     unsafe {
@@ -372,6 +418,7 @@ unsafe fn insert_through_executor(
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
             pg_sys::MemoryContextReset(row_memory);
             ids.push(id);
+            tids.push(address_of((*slot).tts_tid));
         }
 
         if has_triggers {
@@ -381,7 +428,7 @@ unsafe fn insert_through_executor(
         pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
         pg_sys::FreeExecutorState(estate);
     }
-    ids
+    (ids, tids)
 }
 
 /// Sets `values` and `nulls` to the queue row `id` of `row`, new and due `now`, in the current
@@ -409,7 +456,7 @@ unsafe fn fill_row(
                 Some(Column::RecordIds) => Some(text_array(record_ids)),
                 Some(Column::Payloads) => Some(text_array(payloads)),
                 Some(Column::CreatedAt | Column::NextAttemptAt) => Some(now),
-                Some(Column::State) => Some(text("queued")),
+                Some(Column::State) => Some(text("new")),
                 Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
             }
         };

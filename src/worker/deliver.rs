@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
+use super::fresh::NewGroupsFound;
 use super::pool::{Done, Job, Pool};
 use super::shmem;
 use crate::http::Limits;
@@ -44,6 +45,8 @@ pub struct Deliverer {
     identities: HashMap<String, (String, Arc<Identity>)>,
     /// Groups claimed since the worker last vacuumed the queue: each leaves dead row versions.
     claimed_since_vacuum: usize,
+    /// New groups to move into the due index before claiming.
+    new_groups: NewGroupsFound,
 }
 
 /// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
@@ -97,6 +100,7 @@ impl Deliverer {
             roots_for: None,
             identities: HashMap::new(),
             claimed_since_vacuum: 0,
+            new_groups: NewGroupsFound::at_start(),
         })
     }
 
@@ -136,7 +140,8 @@ impl Deliverer {
         }
         let paused = guc::pause_delivery();
         // SAFETY: reads this worker's database.
-        shmem::begin_claim(unsafe { pg_sys::MyDatabaseId }, paused);
+        let database = unsafe { pg_sys::MyDatabaseId };
+        self.new_groups.learn(shmem::begin_claim(database, paused));
         if paused {
             report_state(c"paused");
             return Some(IDLE_WAIT);
@@ -164,10 +169,16 @@ impl Deliverer {
             lease: settings.limits.timeout + LEASE_MARGIN,
         };
         let known = self.derived_organization_id.clone();
+        let prepared_since = shmem::take_prepared(database);
+        let found = &self.new_groups;
         let claimed = super::transaction(|| {
             if !extension_installed() {
                 return None;
             }
+            let new_groups = found.admit(prepared_since).unwrap_or_else(|err| {
+                warning!("outbound_msg: could not index new notifications: {}", err.message);
+                found.kept_after_failure(prepared_since)
+            });
             let derived = known.unwrap_or_else(derived_organization_id);
             let batches = queue::claim(&limits).unwrap_or_else(|err| {
                 warning!(
@@ -181,12 +192,16 @@ impl Deliverer {
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
             let analyze =
                 claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
-            Some((derived, batches, next_due, fingerprints, analyze))
+            Some((new_groups, derived, batches, next_due, fingerprints, analyze))
         });
-        let (derived, batches, next_due, fingerprints, analyze) = match claimed {
+        let (new_groups, derived, batches, next_due, fingerprints, analyze) = match claimed {
             Some(claimed) => claimed?,
-            None => return Some(IDLE_WAIT.min(Duration::from_secs(1))),
+            None => {
+                self.new_groups = self.new_groups.kept_after_failure(prepared_since);
+                return Some(IDLE_WAIT.min(Duration::from_secs(1)));
+            }
         };
+        self.new_groups = new_groups;
         let organization_id = guc::organization_id().unwrap_or_else(|| derived.clone());
         self.derived_organization_id = Some(derived);
 
@@ -232,7 +247,8 @@ impl Deliverer {
             if claimed_rows == limits.total || !self.refused.is_empty() {
                 Duration::ZERO
             } else {
-                next_due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)
+                let longest = self.new_groups.longest_sleep().unwrap_or(IDLE_WAIT);
+                next_due.unwrap_or(IDLE_WAIT).min(longest)
             },
         )
     }

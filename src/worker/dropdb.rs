@@ -72,7 +72,7 @@ unsafe extern "C-unwind" fn process_utility(
     PgTryBuilder::new(run)
         .catch_others(|error| {
             // The database still exists: it gets a worker again.
-            shmem::request_delivery(database);
+            shmem::request_delivery(database, &[]);
             error.rethrow()
         })
         .execute()

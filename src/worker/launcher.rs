@@ -30,7 +30,7 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     shmem::register_launcher();
     for database in connectable_databases() {
-        shmem::request_delivery(database);
+        shmem::request_delivery(database, &[]);
     }
     let mut last_start: HashMap<u32, Instant> = HashMap::new();
     let mut deferred: Vec<pg_sys::Oid> = Vec::new();

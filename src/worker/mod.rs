@@ -9,6 +9,7 @@
 
 mod deliver;
 mod dropdb;
+mod fresh;
 mod launcher;
 mod pool;
 pub mod shmem;

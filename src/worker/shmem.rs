@@ -1,11 +1,12 @@
 //! Shared memory of the launcher and the per-database workers: one slot per database being
-//! served, holding the worker's pid and latch, and a flag asking the launcher for a worker.
+//! served, holding the worker's pid and latch, a flag asking the launcher for a worker, and the
+//! queue rows committed since the worker last looked (see [`FreshRows`]).
 //!
 //! Latches live in the shared PGPROC array, so a latch's address is valid in every process of
 //! the cluster. Exists only when the library is preloaded; [`available`] says so, and every
 //! other function does nothing without it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_shmem_init;
@@ -15,7 +16,7 @@ use pgrx::shmem::PGRXSharedMemory;
 /// Most databases served at once.
 pub const MAX_DATABASES: usize = 64;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct Slot {
     /// The database's OID; 0 marks a free slot.
     database: u32,
@@ -31,6 +32,71 @@ struct Slot {
     woken: bool,
     /// Delivery is paused: commits do not wake the worker.
     paused: bool,
+    fresh: FreshRows,
+}
+
+/// Most fresh rows a slot holds between two looks of its worker; past that, the worker
+/// looks through the whole queue instead.
+const FRESH_CAPACITY: usize = 2048;
+
+/// Where the queue rows committed since the worker's last look are. Fresh rows are not in the
+/// queue's index (they would cost every capturing transaction an index insert): the worker
+/// finds them here, or, when more came than fit, by a sweep of the queue.
+///
+/// Committing backends add rows under the shared lock (several at once: a place is taken with
+/// an atomic add); the worker takes them all under the exclusive lock, when no one adds.
+struct FreshRows {
+    /// Row addresses, `block << 16 | offset`, in places `0..count`.
+    rows: [AtomicU64; FRESH_CAPACITY],
+    count: AtomicU32,
+    /// Some rows did not fit: the worker must sweep the queue.
+    overflowed: AtomicBool,
+    /// A prepared transaction wrote rows: visible once it commits, elsewhere, unannounced.
+    prepared: AtomicBool,
+}
+
+impl Default for FreshRows {
+    fn default() -> Self {
+        FreshRows {
+            rows: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU32::new(0),
+            overflowed: AtomicBool::new(false),
+            prepared: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FreshRows {
+    fn add(&self, rows: &[u64]) {
+        let start = self.count.fetch_add(rows.len() as u32, Ordering::SeqCst) as usize;
+        let free = FRESH_CAPACITY.saturating_sub(start);
+        if rows.len() > free {
+            self.overflowed.store(true, Ordering::SeqCst);
+        }
+        for (place, &row) in self.rows.iter().skip(start).zip(&rows[..rows.len().min(free)]) {
+            place.store(row, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes every row added; only under the exclusive lock.
+    fn take(&self) -> Fresh {
+        let count = (self.count.swap(0, Ordering::SeqCst) as usize).min(FRESH_CAPACITY);
+        Fresh {
+            rows: self.rows[..count]
+                .iter()
+                .map(|row| row.load(Ordering::SeqCst))
+                .collect(),
+            sweep: self.overflowed.swap(false, Ordering::SeqCst),
+        }
+    }
+}
+
+/// What a worker learns of fresh rows when it begins a claim.
+pub struct Fresh {
+    /// Row addresses, `block << 16 | offset`.
+    pub rows: Vec<u64>,
+    /// Not every fresh row is listed: the queue must be swept.
+    pub sweep: bool,
 }
 
 impl Slot {
@@ -40,7 +106,6 @@ impl Slot {
     }
 }
 
-#[derive(Clone, Copy)]
 struct Shared {
     launcher_latch: usize,
     slots: [Slot; MAX_DATABASES],
@@ -50,7 +115,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             launcher_latch: 0,
-            slots: [Slot::default(); MAX_DATABASES],
+            slots: std::array::from_fn(|_| Slot::default()),
         }
     }
 }
@@ -86,18 +151,23 @@ fn my_latch() -> usize {
     unsafe { pg_sys::MyLatch as usize }
 }
 
-/// Asks for delivery in `database`: wakes its worker, or has the launcher start one.
-pub fn request_delivery(database: pg_sys::Oid) {
+/// Asks for delivery in `database`: hands its worker the addresses of the queue rows just
+/// committed (`block << 16 | offset`), and wakes it, or has the launcher start one.
+pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
     if !available() {
         return;
     }
     // Most commits find the worker already woken (or paused): a shared lock tells them so
-    // without making concurrent commits wait for one another.
-    let settled = SHARED
-        .share()
-        .slots
-        .iter()
-        .any(|s| s.database == database.to_u32() && s.needs_no_wake());
+    // without making concurrent commits wait for one another. A worker that is not running
+    // yet sweeps the queue when it starts: the rows need not be kept for it.
+    let settled = {
+        let shared = SHARED.share();
+        let slot = shared.slots.iter().find(|s| s.database == database.to_u32());
+        if let Some(slot) = slot.filter(|s| s.latch != 0) {
+            slot.fresh.add(fresh_rows);
+        }
+        slot.is_some_and(Slot::needs_no_wake)
+    };
     if settled {
         return;
     }
@@ -165,6 +235,8 @@ pub fn attach_worker(database: pg_sys::Oid) -> bool {
             slot.latch = my_latch();
             slot.wanted = false;
             slot.stopping = false;
+            // The worker sweeps the queue first: what was announced before is in the sweep.
+            slot.fresh.take();
             true
         }
         _ => false,
@@ -172,13 +244,43 @@ pub fn attach_worker(database: pg_sys::Oid) -> bool {
 }
 
 /// Called by a worker before it claims: commits from now on wake it again. `paused` says
-/// whether it sends at all (a paused worker is not woken by commits).
-pub fn begin_claim(database: pg_sys::Oid, paused: bool) {
+/// whether it sends at all (a paused worker is not woken by commits). Returns the rows
+/// committed since the last call.
+pub fn begin_claim(database: pg_sys::Oid, paused: bool) -> Fresh {
     let mut shared = SHARED.exclusive();
-    if let Some(slot) = slot_of(&mut shared.slots, database.to_u32(), false) {
-        slot.woken = false;
-        slot.paused = paused;
+    match slot_of(&mut shared.slots, database.to_u32(), false) {
+        Some(slot) => {
+            slot.woken = false;
+            slot.paused = paused;
+            slot.fresh.take()
+        }
+        None => Fresh {
+            rows: Vec::new(),
+            sweep: true,
+        },
     }
+}
+
+/// Records that a prepared transaction of `database` wrote queue rows: its worker sweeps the
+/// queue until no prepared transaction is left (their commit announces nothing).
+pub fn rows_prepared(database: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    let shared = SHARED.share();
+    if let Some(slot) = shared.slots.iter().find(|s| s.database == database.to_u32()) {
+        slot.fresh.prepared.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Takes the mark of [`rows_prepared`]: whether a prepared transaction wrote rows since.
+pub fn take_prepared(database: pg_sys::Oid) -> bool {
+    let shared = SHARED.share();
+    shared
+        .slots
+        .iter()
+        .find(|s| s.database == database.to_u32())
+        .is_some_and(|s| s.fresh.prepared.swap(false, Ordering::SeqCst))
 }
 
 /// Clears this worker's slot. With `restart`, the launcher starts a new worker (unless the
