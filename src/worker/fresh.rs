@@ -12,8 +12,9 @@ use crate::queue::{self, NewGroups};
 
 /// Most new groups a sweep moves into the index in one step.
 const SWEEP_STEP: i64 = 2000;
-/// While prepared transactions wait, the queue is swept at most this often.
-pub const PREPARED_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// While prepared transactions wait, the queue is swept at most this often; new groups another
+/// transaction had locked are tried again as often.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the worker knows of new groups not yet in the index.
 #[derive(Clone)]
@@ -57,7 +58,7 @@ impl NewGroupsFound {
             next.prepared = queue::transactions_prepared()?;
             let due = next
                 .last_prepared_sweep
-                .is_none_or(|last| last.elapsed() >= PREPARED_SWEEP_INTERVAL);
+                .is_none_or(|last| last.elapsed() >= RETRY_INTERVAL);
             if due || !next.prepared {
                 next.sweep_from = Some(0);
                 next.last_prepared_sweep = Some(Instant::now());
@@ -86,12 +87,12 @@ impl NewGroupsFound {
     }
 
     /// How long the worker may sleep at most before looking again: not at all while a sweep
-    /// is under way, a little while prepared transactions wait.
+    /// is under way, a little while prepared transactions wait or new groups were locked.
     pub fn longest_sleep(&self) -> Option<Duration> {
         if self.sweep_from.is_some() {
             Some(Duration::ZERO)
         } else {
-            self.prepared.then_some(PREPARED_SWEEP_INTERVAL)
+            (self.prepared || !self.listed.is_empty()).then_some(RETRY_INTERVAL)
         }
     }
 }

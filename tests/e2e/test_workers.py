@@ -171,3 +171,118 @@ def test_a_standby_sends_nothing_until_promoted(cluster, db, listener):
     finally:
         standby.stop()
         db.execute("DROP TABLE replicated")
+
+
+def queue_of(db, table):
+    """(state, attempts) of each queue row of `table`'s messages, oldest first."""
+    return db.execute("SELECT q.state, q.attempts FROM outbound_msg.queue q "
+                      "JOIN outbound_msg.message m ON m.id = q.message_id "
+                      "WHERE m.object = %s::regclass ORDER BY q.id", (table,)).fetchall()
+
+
+def test_new_groups_wait_outside_the_index_and_show_as_queued(db, listener, reload_with):
+    serve(db, listener.url, "fresh")
+    try:
+        reload_with(pause_delivery="on")
+        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        db.execute("INSERT INTO fresh VALUES (1, 'x')")
+        assert queue_of(db, "fresh") == [("new", 0)]
+        # Not in the due index (its predicate leaves new groups out), yet listed as queued.
+        db.execute("SET enable_seqscan = off")
+        assert db.execute("SELECT count(*) FROM outbound_msg.queue WHERE state <> 'new' "
+                          "AND message_id = (SELECT id FROM outbound_msg.message "
+                          "WHERE object = 'fresh'::regclass)").fetchone() == (0,)
+        db.execute("RESET enable_seqscan")
+        assert db.execute("SELECT state FROM outbound_msg.delivery_status "
+                          "WHERE table_name = 'fresh'::regclass").fetchall() == [("queued",)]
+        reload_with(pause_delivery="off")
+        db.execute("INSERT INTO fresh VALUES (2, 'y')")  # wakes the worker
+        wait_for(lambda: len(listener.notifications()) == 2, what="both deliveries")
+        assert queue_of(db, "fresh") == []
+    finally:
+        db.execute("DROP TABLE fresh")
+
+
+def test_more_groups_at_one_commit_than_shared_memory_lists_are_all_sent(db, listener):
+    # Each statement queues a group of its own: 2,500 groups at one commit, more than the
+    # 2,048 a worker's shared memory lists. The rest are found by a sweep of the queue.
+    serve(db, listener.url, "many")
+    try:
+        with db.transaction():
+            for i in range(2500):
+                db.execute("INSERT INTO many VALUES (%s, 'x')", (i,))
+        wait_for(lambda: len(listener.notifications()) == 2500, timeout=60,
+                 what="2,500 deliveries")
+        assert sorted(int(n["fields"]["Id"]) for n in listener.notifications()) == \
+            list(range(2500))
+        wait_for(lambda: queue_of(db, "many") == [], what="an empty queue")
+    finally:
+        db.execute("DROP TABLE many")
+
+
+def test_a_new_worker_finds_groups_committed_while_none_ran(db, listener, reload_with):
+    serve(db, listener.url, "orphaned")
+    try:
+        reload_with(pause_delivery="on")
+        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        db.execute("INSERT INTO orphaned VALUES (1, 'x')")
+        old_worker = worker_pid(db)
+        db.execute("SELECT pg_terminate_backend(%s)", (old_worker,))
+        wait_for(lambda: worker_pid(db) not in (None, old_worker), timeout=30,
+                 what="a new worker")
+        db.execute("INSERT INTO orphaned VALUES (2, 'y')")
+        reload_with(pause_delivery="off")
+        # Nothing commits now: the new worker finds both groups by itself.
+        wait_for(lambda: len(listener.notifications()) == 2, timeout=30,
+                 what="delivery by the new worker")
+    finally:
+        db.execute("DROP TABLE orphaned")
+
+
+def test_a_new_group_locked_by_another_transaction_is_sent_once_released(cluster, db,
+                                                                         listener, reload_with):
+    serve(db, listener.url, "held")
+    try:
+        reload_with(pause_delivery="on")
+        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        db.execute("INSERT INTO held VALUES (1, 'x')")
+        with cluster.connect() as other:
+            other.execute("BEGIN")
+            assert other.execute("SELECT q.state FROM outbound_msg.queue q JOIN "
+                                 "outbound_msg.message m ON m.id = q.message_id "
+                                 "WHERE m.object = 'held'::regclass FOR UPDATE"
+                                 ).fetchall() == [("new",)]
+            reload_with(pause_delivery="off")
+            wait_for(lambda: worker_state(db) != "paused", what="the worker to resume")
+            time.sleep(0.5)
+            # The worker could not move it into the index: it is neither sent nor lost.
+            assert listener.notifications() == []
+            assert queue_of(db, "held") == [("new", 0)]
+            other.execute("COMMIT")
+        wait_for(lambda: len(listener.notifications()) == 1, what="delivery once released")
+    finally:
+        db.execute("DROP TABLE held")
+
+
+def test_a_prepared_transaction_is_sent_once_committed_elsewhere():
+    listener = Listener()
+    prepared = Cluster({"max_prepared_transactions": "2"})
+    try:
+        with prepared.connect() as db:
+            db.execute("CREATE EXTENSION outbound_msg")
+            serve(db, listener.url, "two_phase")
+            db.execute("BEGIN")
+            db.execute("INSERT INTO two_phase VALUES (1, 'x')")
+            db.execute("PREPARE TRANSACTION 'outbound_msg_test'")
+            db.execute("INSERT INTO two_phase VALUES (2, 'y')")
+            wait_for(lambda: len(listener.notifications()) == 1, what="the plain commit")
+            time.sleep(0.5)
+            assert len(listener.notifications()) == 1
+        with prepared.connect() as other:
+            other.execute("COMMIT PREPARED 'outbound_msg_test'")
+            wait_for(lambda: len(listener.notifications()) == 2, timeout=30,
+                     what="the prepared transaction's delivery")
+            assert sorted(n["fields"]["v"] for n in listener.notifications()) == ["x", "y"]
+    finally:
+        prepared.stop()
+        listener.stop()
