@@ -202,13 +202,16 @@ impl ClaimLimits<'_> {
 }
 
 /// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
-/// notification is within them), and packs them into batches of one message each.
+/// notification is within them), and packs them into batches of one message each. The new
+/// groups at `new_groups` (addresses `block << 16 | offset`, see [`admit`]) are candidates too:
+/// claimed straight away, they are never added to the index.
 ///
 /// Each message's due groups are read through the `(message_id, next_attempt_at, id)` index,
 /// at most its allowance of them: a message whose connections are all busy costs nothing, however
 /// large its backlog (a scan in due order would wade through all of it to find other messages'
 /// groups), and no claim reads more groups than it could take.
-pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
+pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
+    let new_groups: Vec<pg_sys::ItemPointerData> = new_groups.iter().map(|&a| tid_at(a)).collect();
     let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
         limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
@@ -232,7 +235,13 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                          WHERE message_id = a.message_id AND next_attempt_at <= now()
                            AND state <> 'expired' AND state <> 'new'
                          ORDER BY next_attempt_at, id
-                         LIMIT least(a.n, $1)) q),
+                         LIMIT least(a.n, $1)) q
+                 UNION ALL
+                 SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n,
+                        cardinality(q.record_ids)
+                   FROM outbound_msg.queue q
+                   JOIN allowance a ON a.message_id = q.message_id
+                  WHERE q.ctid = ANY ($7) AND q.state = 'new'),
              running AS (
                  SELECT ctid, size, allowed,
                         sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
@@ -264,6 +273,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                 pg_sys::INT8ARRAYOID,
                 pg_sys::INT8OID,
                 pg_sys::FLOAT8OID,
+                pg_sys::TIDARRAYOID,
             ],
             None,
             &[
@@ -273,6 +283,7 @@ pub fn claim(limits: &ClaimLimits) -> Result<Vec<Batch>> {
                 reduced_counts.into(),
                 (limits.per_message as i64).into(),
                 limits.lease.as_secs_f64().into(),
+                new_groups.into(),
             ],
         )?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -308,9 +319,11 @@ pub struct Admitted {
     pub sweep_from: Option<u32>,
 }
 
-/// Moves new groups into the due index (state `queued`), so that claims find them. A new group
-/// is in no index: every capturing transaction saves an index insert, and the worker, which
-/// learns from the committing transactions where their rows are, adds it.
+/// Moves new groups into the due index (state `queued`), so that claims find them: the ones a
+/// claim did not take (their message's connections were busy, say), and those a sweep finds. A
+/// new group is in no index: every capturing transaction saves an index insert, and the
+/// worker, which learns from the committing transactions where their rows are, claims them
+/// from there or adds them.
 pub fn admit(groups: NewGroups) -> Result<Admitted> {
     const ADMIT: &str = "
         locked AS (

@@ -175,17 +175,18 @@ impl Deliverer {
             if !extension_installed() {
                 return None;
             }
-            let new_groups = found.admit(prepared_since).unwrap_or_else(|err| {
-                warning!("outbound_msg: could not index new notifications: {}", err.message);
-                found.kept_after_failure(prepared_since)
-            });
             let derived = known.unwrap_or_else(derived_organization_id);
-            let batches = queue::claim(&limits).unwrap_or_else(|err| {
+            let batches = queue::claim(&limits, found.listed()).unwrap_or_else(|err| {
                 warning!(
                     "outbound_msg: could not claim notifications: {}",
                     err.message
                 );
                 Vec::new()
+            });
+            // What the claim did not take of the new groups goes into the index.
+            let new_groups = found.admit(prepared_since).unwrap_or_else(|err| {
+                warning!("outbound_msg: could not index new notifications: {}", err.message);
+                found.kept_after_failure(prepared_since)
             });
             let next_due = queue::next_due(limits.excluded()).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);

@@ -47,7 +47,12 @@ impl NewGroupsFound {
         }
     }
 
-    /// Moves the new groups found into the due index; `prepared_since` says whether a
+    /// Addresses of the new groups committing transactions listed, for a claim to take.
+    pub fn listed(&self) -> &[u64] {
+        &self.listed
+    }
+
+    /// Moves the new groups found (and not claimed) into the due index; `prepared_since` says whether a
     /// prepared transaction wrote groups since the last call. In a transaction; returns what
     /// is left to find, for the caller to keep if the transaction commits.
     pub fn admit(&self, prepared_since: bool) -> Result<NewGroupsFound> {
