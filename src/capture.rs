@@ -9,7 +9,6 @@
 //! notifications go to [`pending`], which writes them in groups.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 
@@ -107,9 +106,11 @@ impl RowPlan {
 }
 
 thread_local! {
-    /// Definitions by table, valid while the generation they were read at is current.
-    static CACHE: RefCell<(u64, HashMap<u32, Rc<Vec<Prepared>>>)> =
-        RefCell::new((0, HashMap::new()));
+    /// Definitions by table, valid while the generation they were read at is current. A list:
+    /// a backend captures changes to a few tables, and hashing the OID (SipHash) cost more per
+    /// row than comparing it with each.
+    static CACHE: RefCell<(u64, Vec<(u32, Rc<Vec<Prepared>>)>)> =
+        const { RefCell::new((0, Vec::new())) };
     /// Bumped when definitions may have changed: by this backend's catalog writes at once,
     /// and by invalidations (another backend's committed definitions, GRANT, REVOKE, policies,
     /// role changes), which PostgreSQL delivers to every backend.
@@ -187,7 +188,8 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
             *cached_generation = generation;
             tables.clear();
         }
-        tables.get(&relid.to_u32()).cloned()
+        let relid = relid.to_u32();
+        tables.iter().find(|(table, _)| *table == relid).map(|(_, prepared)| Rc::clone(prepared))
     });
     if let Some(cached) = cached {
         return Ok(cached);
@@ -215,7 +217,10 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
         })
         .collect();
     let prepared = Rc::new(prepared);
-    CACHE.with_borrow_mut(|(_, tables)| tables.insert(relid.to_u32(), Rc::clone(&prepared)));
+    CACHE.with_borrow_mut(|(_, tables)| {
+        tables.retain(|(table, _)| *table != relid.to_u32());
+        tables.push((relid.to_u32(), Rc::clone(&prepared)));
+    });
     Ok(prepared)
 }
 

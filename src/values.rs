@@ -81,8 +81,26 @@ pub fn write_timestamp(out: &mut String, micros: i64, utc: bool) -> bool {
     if micros == i64::MAX || micros == i64::MIN {
         return false;
     }
+    let days = micros.div_euclid(MICROS_PER_DAY);
     let millis = micros.rem_euclid(MICROS_PER_DAY) / 1000;
-    write_civil_date(out, micros.div_euclid(MICROS_PER_DAY));
+    let (year, month, day) = civil_from_unix_days(days + UNIX_TO_PG_EPOCH_DAYS);
+    if (1..=9999).contains(&year) {
+        // The common case in one piece: a capture writes a timestamp per row and column, and
+        // pushing it a character and a number at a time cost hundreds of instructions.
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        put_digits(&mut text[0..4], year as u32);
+        put_digits(&mut text[5..7], month);
+        put_digits(&mut text[8..10], day);
+        let millis = millis as u32;
+        put_digits(&mut text[11..13], millis / 3_600_000);
+        put_digits(&mut text[14..16], millis / 60_000 % 60);
+        put_digits(&mut text[17..19], millis / 1000 % 60);
+        put_digits(&mut text[20..23], millis % 1000);
+        let length = if utc { text.len() } else { text.len() - 1 };
+        out.push_str(std::str::from_utf8(&text[..length]).unwrap_or_default());
+        return true;
+    }
+    write_civil_date(out, days);
     out.push('T');
     push_digits(out, millis / 3_600_000, 2);
     out.push(':');
@@ -104,6 +122,15 @@ pub fn write_date(out: &mut String, days: i32) -> bool {
     }
     write_civil_date(out, i64::from(days));
     true
+}
+
+/// Writes `value` in decimal into all of `digits`, with leading zeros (its last digits only,
+/// when it has more).
+fn put_digits(digits: &mut [u8], mut value: u32) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Appends a non-negative number with at least `width` digits.
@@ -173,6 +200,16 @@ mod tests {
         // 2024-02-29 12:34:56.789 is 8825 days after 2000-01-01.
         let leap = 8825 * DAY + ((12 * 60 + 34) * 60 + 56) * 1_000_000 + 789_000;
         assert_eq!(timestamptz(leap).unwrap(), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn timestamps_outside_years_1_to_9999_are_written_too() {
+        // 0001-01-01 is 730,119 days before 2000-01-01; the microsecond before it is in 1 BC.
+        assert_eq!(timestamp(-730_119 * DAY).unwrap(), "0001-01-01T00:00:00.000");
+        assert_eq!(timestamptz(-730_119 * DAY - 1).unwrap(), "-0001-12-31T23:59:59.999Z");
+        // 10000-01-01 is 2,921,940 days (twenty 400-year cycles) after 2000-01-01.
+        assert_eq!(timestamp(2_921_940 * DAY).unwrap(), "10000-01-01T00:00:00.000");
+        assert_eq!(timestamptz(2_921_940 * DAY - 1).unwrap(), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

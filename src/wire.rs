@@ -155,7 +155,7 @@ impl Encoder {
                     Some(bytes) => values::write_bytea(out, bytes),
                     None => return false,
                 },
-                Kind::Text => match <&str>::from_datum(datum, false) {
+                Kind::Text => match stored_text(datum).or_else(|| <&str>::from_datum(datum, false)) {
                     Some(text) => push(out, text, escape),
                     None => return false,
                 },
@@ -173,6 +173,31 @@ impl Encoder {
         let mut text = String::new();
         // SAFETY: as the caller guarantees.
         unsafe { self.write(datum, &mut text, false) }.then_some(text)
+    }
+}
+
+/// The text of a `text` datum stored as it is (neither compressed nor out of line), read in
+/// place; `None` for any other (detoasted by pgrx instead), or when the database's encoding is
+/// not UTF-8. pgrx's own path makes a guarded call per value even when there is nothing to
+/// detoast.
+///
+/// # Safety
+/// `datum` must be a non-NULL `text` (or other varlena) datum.
+unsafe fn stored_text<'a>(datum: pg_sys::Datum) -> Option<&'a str> {
+    thread_local! {
+        static UTF8: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
+    }
+    // SAFETY: reads the database's encoding.
+    let utf8 = UTF8.with(|utf8| {
+        *utf8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
+    });
+    let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: as the caller guarantees; only a value stored in place is read.
+    unsafe {
+        if !utf8 || pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena) {
+            return None;
+        }
+        std::str::from_utf8(pgrx::varlena::varlena_to_byte_slice(varlena)).ok()
     }
 }
 
