@@ -100,8 +100,7 @@ thread_local! {
     // Statements planned once per backend and kept: PostgreSQL replans them itself when what
     // they use changes (the extension dropped and created again, say).
     static CLAIM: KeptPlan = const { KeptPlan::new() };
-    static ADMIT_LISTED: KeptPlan = const { KeptPlan::new() };
-    static ADMIT_SWEPT: KeptPlan = const { KeptPlan::new() };
+    static ADMIT: KeptPlan = const { KeptPlan::new() };
     static ACKNOWLEDGE: KeptPlan = const { KeptPlan::new() };
     static RECORD_FAILURE: KeptPlan = const { KeptPlan::new() };
 }
@@ -204,7 +203,7 @@ impl ClaimLimits<'_> {
 /// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
 /// notification is within them), and packs them into batches of one message each. The new
 /// groups at `new_groups` (addresses `block << 16 | offset`, see [`admit`]) are candidates too:
-/// claimed straight away, they are never added to the index.
+/// claimed from there, they never enter the index.
 ///
 /// Each message's due groups are read through the `(message_id, next_attempt_at, id)` index,
 /// at most its allowance of them: a message whose connections are all busy costs nothing, however
@@ -302,90 +301,89 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
     })
 }
 
-/// New groups to move into the due index: the ones committing transactions listed, or, in a
-/// sweep, every one from a block on.
-pub enum NewGroups<'a> {
-    /// At these addresses (`block << 16 | offset`).
-    Listed(&'a [u64]),
-    /// At most `limit` groups, in the order they lie, from the start of `block` on.
-    From { block: u32, limit: i64 },
-}
-
-/// What [`admit`] left.
-pub struct Admitted {
-    /// New groups it found but could not take: another transaction has them locked.
-    pub locked: Vec<u64>,
-    /// Where a sweep goes on (it took `limit` groups); `None`: nothing more to sweep.
-    pub sweep_from: Option<u32>,
-}
-
-/// Moves new groups into the due index (state `queued`), so that claims find them: the ones a
-/// claim did not take (their message's connections were busy, say), and those a sweep finds. A
-/// new group is in no index: every capturing transaction saves an index insert, and the
-/// worker, which learns from the committing transactions where their rows are, claims them
-/// from there or adds them.
-pub fn admit(groups: NewGroups) -> Result<Admitted> {
-    const ADMIT: &str = "
-        locked AS (
-            SELECT ctid FROM outbound_msg.queue
-             WHERE ctid = ANY (ARRAY(SELECT ctid FROM found)) AND state = 'new'
-               FOR UPDATE SKIP LOCKED),
-        admitted AS (
-            UPDATE outbound_msg.queue q SET state = 'queued'
-              FROM locked l
-             WHERE q.ctid = l.ctid
-            RETURNING l.ctid)
-        SELECT f.ctid, f.ctid IN (SELECT ctid FROM admitted) FROM found f";
+/// Moves the new groups at `addresses` (`block << 16 | offset`) into the due index (state
+/// `queued`), so that claims find them: those a claim cannot take while their message's
+/// connections are busy. A new group is in no index: every capturing transaction saves an
+/// index insert, and the worker, which learns from the committing transactions where their
+/// rows are, claims most of them from there. Returns the addresses of new groups another
+/// transaction has locked, to be tried again.
+pub fn admit(addresses: &[u64]) -> Result<Vec<u64>> {
+    let tids: Vec<pg_sys::ItemPointerData> = addresses.iter().map(|&a| tid_at(a)).collect();
     Spi::connect_mut(|client| {
-        let (rows, limit) = match groups {
-            NewGroups::Listed(addresses) => {
-                let tids: Vec<pg_sys::ItemPointerData> =
-                    addresses.iter().map(|&a| tid_at(a)).collect();
-                let rows = kept_update(
-                    &ADMIT_LISTED,
-                    client,
-                    &format!(
-                        "WITH found AS MATERIALIZED (
-                             SELECT ctid FROM outbound_msg.queue
-                              WHERE ctid = ANY ($1) AND state = 'new'), {ADMIT}"
-                    ),
-                    &[pg_sys::TIDARRAYOID],
-                    None,
-                    &[tids.into()],
-                )?;
-                (rows, None)
-            }
-            NewGroups::From { block, limit } => {
-                let rows = kept_update(
-                    &ADMIT_SWEPT,
-                    client,
-                    &format!(
-                        "WITH found AS MATERIALIZED (
-                             SELECT ctid FROM outbound_msg.queue
-                              WHERE ctid >= $1 AND state = 'new' LIMIT $2), {ADMIT}"
-                    ),
-                    &[pg_sys::TIDOID, pg_sys::INT8OID],
-                    None,
-                    &[tid_at(u64::from(block) << 16).into(), limit.into()],
-                )?;
-                (rows, Some(limit))
-            }
-        };
-        let mut found = 0;
-        let mut last_block = 0;
-        let mut locked = Vec::new();
-        for row in rows {
-            let tid: pg_sys::ItemPointerData = row.get(1)?.unwrap_or_default();
-            let address = address_of(tid);
-            found += 1;
-            last_block = last_block.max((address >> 16) as u32);
-            if row.get::<bool>(2)? != Some(true) {
-                locked.push(address);
-            }
-        }
-        let sweep_from = limit.filter(|&limit| found >= limit).map(|_| last_block);
-        Ok(Admitted { locked, sweep_from })
+        let rows = kept_update(
+            &ADMIT,
+            client,
+            "WITH found AS MATERIALIZED (
+                 SELECT ctid FROM outbound_msg.queue WHERE ctid = ANY ($1) AND state = 'new'),
+             locked AS (
+                 SELECT ctid FROM outbound_msg.queue
+                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM found)) AND state = 'new'
+                    FOR UPDATE SKIP LOCKED),
+             admitted AS (
+                 UPDATE outbound_msg.queue q SET state = 'queued'
+                   FROM locked l
+                  WHERE q.ctid = l.ctid
+                 RETURNING l.ctid)
+             SELECT f.ctid FROM found f WHERE f.ctid NOT IN (SELECT ctid FROM admitted)",
+            &[pg_sys::TIDARRAYOID],
+            None,
+            &[tids.into()],
+        )?;
+        rows.map(|row| Ok(address_of(row.get(1)?.unwrap_or_default())))
+            .collect()
     })
+}
+
+/// A new group found at an address: its message, and how many notifications it holds.
+pub struct NewGroup {
+    pub address: u64,
+    pub message_id: i64,
+    pub size: usize,
+}
+
+/// Those of the groups at `addresses` that are still new (no claim took them).
+pub fn still_new(addresses: &[u64]) -> Result<Vec<NewGroup>> {
+    let tids: Vec<pg_sys::ItemPointerData> = addresses.iter().map(|&a| tid_at(a)).collect();
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT ctid, message_id, cardinality(record_ids) FROM outbound_msg.queue
+                  WHERE ctid = ANY ($1) AND state = 'new'",
+                None,
+                &[tids.into()],
+            )?
+            .map(|row| {
+                Ok(NewGroup {
+                    address: address_of(row.get(1)?.unwrap_or_default()),
+                    message_id: row.get(2)?.unwrap_or_default(),
+                    size: row.get::<i32>(3)?.unwrap_or(1).max(1) as usize,
+                })
+            })
+            .collect()
+    })
+}
+
+/// [`announcement`]s of at most `limit` new groups, in the order they lie, from the start of
+/// `block` on; and the block to go on from when there were `limit` (`None`: none are left).
+pub fn sweep(block: u32, limit: usize) -> Result<(Vec<u64>, Option<u32>)> {
+    let found: Vec<u64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT ctid, cardinality(record_ids) FROM outbound_msg.queue
+                  WHERE ctid >= $1 AND state = 'new' LIMIT $2",
+                None,
+                &[tid_at(u64::from(block) << 16).into(), (limit as i64).into()],
+            )?
+            .map(|row| {
+                let size = row.get::<i32>(2)?.unwrap_or(1).max(1) as usize;
+                Ok(announcement(row.get(1)?.unwrap_or_default(), size))
+            })
+            .collect::<Result<_>>()
+    })?;
+    let more_from = (found.len() >= limit)
+        .then(|| found.iter().map(|&a| (announced(a).0 >> 16) as u32).max())
+        .flatten();
+    Ok((found, more_from))
 }
 
 /// The row address `block << 16 | offset` as a ctid.
@@ -395,10 +393,41 @@ fn tid_at(address: u64) -> pg_sys::ItemPointerData {
     tid
 }
 
+/// What a committing transaction tells its worker of a new group: its address, and in the top
+/// 16 bits how many notifications it holds (so that a claim is offered as many as it can take).
+pub fn announcement(tid: pg_sys::ItemPointerData, notifications: usize) -> u64 {
+    address_of(tid) | ((notifications.min(0xFFFF) as u64) << 48)
+}
+
+/// The address and the number of notifications of an [`announcement`].
+pub fn announced(announcement: u64) -> (u64, usize) {
+    (announcement & ((1 << 48) - 1), (announcement >> 48) as usize)
+}
+
 /// A ctid as the row address `block << 16 | offset`.
 pub fn address_of(tid: pg_sys::ItemPointerData) -> u64 {
     let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
     (u64::from(block) << 16) | u64::from(offset)
+}
+
+/// The queue's storage (its relfilenode), locked for the rest of the transaction. VACUUM FULL,
+/// CLUSTER and TRUNCATE give it a new one and move every row: row addresses from before no
+/// longer hold.
+pub fn storage() -> Result<u32> {
+    let relid = crate::catalog::extension_relation(c"queue");
+    if relid == pg_sys::InvalidOid {
+        return Err(crate::error::Error::new(
+            crate::error::Kind::Internal,
+            "relation outbound_msg.queue does not exist",
+        ));
+    }
+    // SAFETY: opens and locks an existing relation to read its relcache entry.
+    unsafe {
+        let relation = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let storage = (*relation).rd_node.relNode.to_u32();
+        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Ok(storage)
+    }
 }
 
 /// Whether a prepared transaction of this database waits for COMMIT PREPARED.

@@ -26,7 +26,7 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use crate::error::{Error, Kind, Result};
-use crate::queue::address_of;
+use crate::queue::announcement;
 use crate::unguarded::{self, raising};
 use crate::worker::wake;
 
@@ -273,7 +273,7 @@ const MAX_PLAIN_COLUMNS: usize = 32;
 /// Forms each row and hands it to `heap_insert`, then its key to `index_insert` if `index`
 /// takes new rows: what `ExecSimpleRelationInsert` would do for this table, without an
 /// executor state, result relation and slot to set up and tear down for every statement.
-/// Returns the rows' ids and addresses.
+/// Returns the rows' ids and [`announcement`]s.
 ///
 /// # Safety
 /// As for [`plain_index`], which returned `index`.
@@ -313,7 +313,7 @@ unsafe fn insert_plainly(
                 fill_row(table, row, id, now, &mut values[..columns], &mut nulls[..columns]);
                 let tuple = raising::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                 raising::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
-                *tid = address_of((*tuple).t_self);
+                *tid = announcement((*tuple).t_self, row.1.len());
                 let Some((index, info)) = index else {
                     pg_sys::MemoryContextSwitchTo(previous);
                     continue;
@@ -371,7 +371,7 @@ fn row_memory() -> pg_sys::MemoryContext {
 }
 
 /// Hands each row to `ExecSimpleRelationInsert`, which applies the table's constraints,
-/// indexes and triggers as an INSERT would. Returns the rows' ids and addresses.
+/// indexes and triggers as an INSERT would. Returns the rows' ids and [`announcement`]s.
 ///
 /// # Safety
 /// `relation` must be the queue, opened and locked.
@@ -418,7 +418,7 @@ unsafe fn insert_through_executor(
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
             pg_sys::MemoryContextReset(row_memory);
             ids.push(id);
-            tids.push(address_of((*slot).tts_tid));
+            tids.push(announcement((*slot).tts_tid, row.1.len()));
         }
 
         if has_triggers {

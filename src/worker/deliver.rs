@@ -176,18 +176,24 @@ impl Deliverer {
                 return None;
             }
             let derived = known.unwrap_or_else(derived_organization_id);
-            let batches = queue::claim(&limits, found.listed()).unwrap_or_else(|err| {
+            let found = &match queue::storage() {
+                Ok(storage) => found.in_storage(storage),
+                Err(_) => found.clone(),
+            };
+            let offered = found.offer(limits.total);
+            let batches = queue::claim(&limits, &offered).unwrap_or_else(|err| {
                 warning!(
                     "outbound_msg: could not claim notifications: {}",
                     err.message
                 );
                 Vec::new()
             });
-            // What the claim did not take of the new groups goes into the index.
-            let new_groups = found.admit(prepared_since).unwrap_or_else(|err| {
-                warning!("outbound_msg: could not index new notifications: {}", err.message);
-                found.kept_after_failure(prepared_since)
-            });
+            let new_groups = found
+                .after_claim(offered.len(), &limits.excluded(), prepared_since)
+                .unwrap_or_else(|err| {
+                    warning!("outbound_msg: could not index new notifications: {}", err.message);
+                    found.kept_after_failure(prepared_since)
+                });
             let next_due = queue::next_due(limits.excluded()).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();

@@ -1,31 +1,50 @@
 //! How a worker finds new groups, which are in no index: committing transactions list where
-//! they wrote them ([`super::wake`]), and the worker moves those into the due index before it
-//! claims. It sweeps the whole queue when it starts, when more rows came than the shared
-//! memory holds, and while prepared transactions (whose commit lists nothing) wait.
+//! they wrote them ([`super::wake`]), and a claim takes them from there. Only those a claim
+//! leaves while their message's connections are all busy go into the queue's index, to wait
+//! there. The worker sweeps the whole queue for new groups when it starts, when more came than
+//! the shared memory holds, and while prepared transactions (whose commit lists nothing) wait.
 
 use std::time::{Duration, Instant};
 
-
 use super::shmem::Fresh;
 use crate::error::Result;
-use crate::queue::{self, NewGroups};
+use crate::queue;
 
-/// Most new groups a sweep moves into the index in one step.
-const SWEEP_STEP: i64 = 2000;
+/// Most new groups a sweep lists in one step.
+const SWEEP_STEP: usize = 2000;
+/// Most new groups kept listed; more go into the index.
+const MOST_LISTED: usize = 10_000;
 /// While prepared transactions wait, the queue is swept at most this often; new groups another
 /// transaction had locked are tried again as often.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the worker knows of new groups not yet in the index.
+/// A new group the worker knows the address of (`block << 16 | offset`).
+#[derive(Clone, Copy)]
+struct Listed {
+    address: u64,
+    /// Its notifications.
+    size: usize,
+}
+
+impl Listed {
+    fn announced(announcement: u64) -> Listed {
+        let (address, size) = queue::announced(announcement);
+        Listed { address, size: size.max(1) }
+    }
+}
+
+/// What the worker knows of new groups not in the index.
 #[derive(Clone)]
 pub struct NewGroupsFound {
-    /// Addresses (`block << 16 | offset`) of new groups to move into the index.
-    listed: Vec<u64>,
+    /// In the order claims are offered them.
+    listed: Vec<Listed>,
     /// The block a sweep goes on from; `None`: no sweep under way.
     sweep_from: Option<u32>,
     /// Prepared transactions may hold new groups: sweep until none is left.
     prepared: bool,
     last_prepared_sweep: Option<Instant>,
+    /// The queue's storage the addresses are in (see `queue::storage`).
+    storage: u32,
 }
 
 impl NewGroupsFound {
@@ -36,27 +55,72 @@ impl NewGroupsFound {
             sweep_from: Some(0),
             prepared: true,
             last_prepared_sweep: None,
+            storage: 0,
         }
+    }
+
+    /// What is known now that the queue's storage is `storage`: nothing listed holds when the
+    /// queue was rewritten since (VACUUM FULL moves every row), and a sweep finds them all.
+    pub fn in_storage(&self, storage: u32) -> NewGroupsFound {
+        let mut current = self.clone();
+        if current.storage != storage {
+            current.storage = storage;
+            current.listed.clear();
+            current.sweep_from = Some(0);
+        }
+        current
     }
 
     /// Adds what committing transactions announced since the worker's last claim.
     pub fn learn(&mut self, fresh: Fresh) {
-        self.listed.extend(fresh.rows);
+        self.listed.extend(fresh.rows.into_iter().map(Listed::announced));
         if fresh.sweep {
             self.sweep_from = Some(0);
         }
     }
 
-    /// Addresses of the new groups committing transactions listed, for a claim to take.
-    pub fn listed(&self) -> &[u64] {
-        &self.listed
+    /// Addresses of the listed groups to offer a claim of at most `notifications`: the first
+    /// ones, as many as could fill it.
+    pub fn offer(&self, notifications: usize) -> Vec<u64> {
+        let mut room = notifications;
+        self.listed
+            .iter()
+            .take_while(|group| {
+                let fits = room > 0;
+                room = room.saturating_sub(group.size);
+                fits
+            })
+            .map(|group| group.address)
+            .collect()
     }
 
-    /// Moves the new groups found (and not claimed) into the due index; `prepared_since` says whether a
-    /// prepared transaction wrote groups since the last call. In a transaction; returns what
-    /// is left to find, for the caller to keep if the transaction commits.
-    pub fn admit(&self, prepared_since: bool) -> Result<NewGroupsFound> {
+    /// What is left to find after a claim that was offered `offered` groups (see [`offer`])
+    /// while the messages `busy` had no free connection: the offered groups it left go to the
+    /// back of the list, or into the index when their message is busy; then the sweep goes
+    /// on, and `prepared_since` (a prepared transaction wrote groups since the last call) is
+    /// taken into account. In the claim's transaction; the caller keeps the result if it
+    /// commits.
+    ///
+    /// [`offer`]: Self::offer
+    pub fn after_claim(
+        &self,
+        offered: usize,
+        busy: &[i64],
+        prepared_since: bool,
+    ) -> Result<NewGroupsFound> {
         let mut next = self.clone();
+        let offered: Vec<u64> = next.listed.drain(..offered).map(|g| g.address).collect();
+        let (waiting, kept): (Vec<_>, Vec<_>) = queue::still_new(&offered)?
+            .into_iter()
+            .partition(|group| busy.contains(&group.message_id));
+        let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
+        next.listed.extend(kept.iter().map(|g| Listed { address: g.address, size: g.size }));
+        if next.listed.len() > MOST_LISTED {
+            let excess: Vec<u64> = next.listed.drain(MOST_LISTED..).map(|g| g.address).collect();
+            next.index(&excess)?;
+        }
+        next.index(&to_index)?;
+
         if next.prepared || prepared_since {
             // Checked after the mark was taken, and swept after the check: a prepared
             // transaction either still waits here, or its groups are visible to the sweep.
@@ -69,22 +133,27 @@ impl NewGroupsFound {
                 next.last_prepared_sweep = Some(Instant::now());
             }
         }
-        if !next.listed.is_empty() {
-            next.listed = queue::admit(NewGroups::Listed(&self.listed))?.locked;
-        }
-        if let Some(block) = next.sweep_from {
-            let admitted = queue::admit(NewGroups::From {
-                block,
-                limit: SWEEP_STEP,
-            })?;
-            next.listed.extend(admitted.locked);
-            next.sweep_from = admitted.sweep_from;
+        // A sweep lists more only as claims take what it listed.
+        if let Some(block) = next.sweep_from.filter(|_| next.listed.len() < SWEEP_STEP) {
+            let (found, more_from) = queue::sweep(block, SWEEP_STEP)?;
+            next.listed.extend(found.into_iter().map(Listed::announced));
+            next.sweep_from = more_from;
         }
         Ok(next)
     }
 
-    /// What is kept when [`admit`](Self::admit) failed or its transaction did not commit:
-    /// everything found so far, to be tried again.
+    /// Moves the groups at `addresses` into the index; those another transaction has locked
+    /// stay listed.
+    fn index(&mut self, addresses: &[u64]) -> Result<()> {
+        if !addresses.is_empty() {
+            let locked = queue::admit(addresses)?;
+            self.listed.extend(locked.into_iter().map(|address| Listed { address, size: 1 }));
+        }
+        Ok(())
+    }
+
+    /// What is kept when [`after_claim`](Self::after_claim) failed or its transaction did not
+    /// commit: everything found so far, to be offered again.
     pub fn kept_after_failure(&self, prepared_since: bool) -> NewGroupsFound {
         let mut kept = self.clone();
         kept.prepared |= prepared_since;
@@ -92,7 +161,7 @@ impl NewGroupsFound {
     }
 
     /// How long the worker may sleep at most before looking again: not at all while a sweep
-    /// is under way, a little while prepared transactions wait or new groups were locked.
+    /// is under way, a little while groups are listed or prepared transactions wait.
     pub fn longest_sleep(&self) -> Option<Duration> {
         if self.sweep_from.is_some() {
             Some(Duration::ZERO)
@@ -101,4 +170,3 @@ impl NewGroupsFound {
         }
     }
 }
-

@@ -46,7 +46,7 @@ const FRESH_CAPACITY: usize = 2048;
 /// Committing backends add rows under the shared lock (several at once: a place is taken with
 /// an atomic add); the worker takes them all under the exclusive lock, when no one adds.
 struct FreshRows {
-    /// Row addresses, `block << 16 | offset`, in places `0..count`.
+    /// `queue::announcement`s of the rows, in places `0..count`.
     rows: [AtomicU64; FRESH_CAPACITY],
     count: AtomicU32,
     /// Some rows did not fit: the worker must sweep the queue.
@@ -93,7 +93,7 @@ impl FreshRows {
 
 /// What a worker learns of fresh rows when it begins a claim.
 pub struct Fresh {
-    /// Row addresses, `block << 16 | offset`.
+    /// `queue::announcement`s of the rows.
     pub rows: Vec<u64>,
     /// Not every fresh row is listed: the queue must be swept.
     pub sweep: bool,
@@ -152,7 +152,7 @@ fn my_latch() -> usize {
 }
 
 /// Asks for delivery in `database`: hands its worker the addresses of the queue rows just
-/// committed (`block << 16 | offset`), and wakes it, or has the launcher start one.
+/// committed (`queue::announcement`s), and wakes it, or has the launcher start one.
 pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
     if !available() {
         return;

@@ -16,7 +16,7 @@ use super::shmem;
 thread_local! {
     static PENDING: Cell<bool> = const { Cell::new(false) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
-    /// Queue rows this transaction wrote, `block << 16 | offset`.
+    /// Queue rows this transaction wrote (see `queue::announcement`).
     static FRESH_ROWS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -33,7 +33,7 @@ pub fn after_commit() {
     }
 }
 
-/// Records queue rows this transaction wrote (`block << 16 | offset`), for its worker;
+/// Records queue rows this transaction wrote (`queue::announcement`s), for its worker;
 /// [`after_commit`] must be asked too.
 pub fn rows_written(rows: &[u64]) {
     if shmem::available() {

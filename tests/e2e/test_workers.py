@@ -286,3 +286,35 @@ def test_a_prepared_transaction_is_sent_once_committed_elsewhere():
     finally:
         prepared.stop()
         listener.stop()
+
+
+def test_new_groups_moved_by_vacuum_full_before_the_worker_took_them_are_sent(db, listener,
+                                                                              reload_with):
+    # The worker knows new groups by address; VACUUM FULL moves every row of the queue.
+    serve(db, listener.url, "moved")
+    serve(db, listener.url, "filler")
+    try:
+        db.execute("INSERT INTO moved VALUES (0, 'first')")  # the worker has claimed since
+        wait_for(lambda: len(listener.notifications()) == 1, what="a first delivery")
+        reload_with(pause_delivery="on")
+        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        for i in range(20):  # twenty groups ahead of the others, deleted below
+            db.execute("INSERT INTO filler VALUES (%s, 'gone')", (i,))
+        db.execute("INSERT INTO moved SELECT g, 'x' FROM generate_series(1, 3) g")
+        db.execute("INSERT INTO moved VALUES (4, 'y')")
+        db.execute("INSERT INTO moved VALUES (5, 'z')")
+        db.execute("DROP TABLE filler")  # takes its queued groups with it
+
+        def addresses():
+            return db.execute("SELECT array_agg(ctid::text ORDER BY id) "
+                              "FROM outbound_msg.queue").fetchone()[0]
+
+        before = addresses()
+        db.execute("VACUUM FULL outbound_msg.queue")
+        assert addresses() != before, "VACUUM FULL moved them"
+        reload_with(pause_delivery="off")
+        wait_for(lambda: len(listener.notifications()) == 6, what="every notification")
+        assert sorted(n["fields"]["v"] for n in listener.notifications()) == \
+            ["first", "x", "x", "x", "y", "z"]
+    finally:
+        db.execute("DROP TABLE IF EXISTS moved, filler")
