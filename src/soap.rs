@@ -145,32 +145,42 @@ fn push_element(out: &mut String, indent: &str, name: &str, value: &str) {
 /// line-end normalisation does not turn it into a line feed; characters XML 1.0 cannot carry at
 /// all (most C0 controls, U+FFFE, U+FFFF) become U+FFFD, never raw bytes.
 pub fn push_escaped(out: &mut String, text: &str) {
-    let mut rest = text;
-    while let Some(pos) = rest.find(needs_escape) {
-        out.push_str(&rest[..pos]);
-        let c = rest[pos..].chars().next().unwrap_or('\u{FFFD}');
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\r' => out.push_str("&#13;"),
-            _ => out.push('\u{FFFD}'),
-        }
-        rest = &rest[pos + c.len_utf8()..];
+    // Byte by byte: everything that needs escaping is ASCII but U+FFFE and U+FFFF (EF BF BE,
+    // EF BF BF), and a scan by char decoded every character of every value a capture writes.
+    let bytes = text.as_bytes();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let (replacement, length) = match bytes[at] {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'"' => ("&quot;", 1),
+            b'\'' => ("&apos;", 1),
+            b'\r' => ("&#13;", 1),
+            b'\t' | b'\n' => {
+                at += 1;
+                continue;
+            }
+            0..=0x1F => ("\u{FFFD}", 1),
+            0xEF if bytes.get(at + 1) == Some(&0xBF)
+                && matches!(bytes.get(at + 2), Some(0xBE | 0xBF)) =>
+            {
+                ("\u{FFFD}", 3)
+            }
+            _ => {
+                at += 1;
+                continue;
+            }
+        };
+        out.push_str(&text[copied..at]);
+        out.push_str(replacement);
+        at += length;
+        copied = at;
     }
-    out.push_str(rest);
+    out.push_str(&text[copied..]);
 }
 
-fn needs_escape(c: char) -> bool {
-    match c {
-        '&' | '<' | '>' | '"' | '\'' | '\r' => true,
-        '\t' | '\n' => false,
-        '\u{FFFE}' | '\u{FFFF}' => true,
-        c => c < ' ',
-    }
-}
 
 /// What a listener's HTTP body said about the notifications it was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -464,6 +474,9 @@ mod tests {
         let mut out = String::new();
         push_escaped(&mut out, "a\u{1}b\u{8}c\td\ne\rf\u{FFFF}g\u{B}");
         assert_eq!(out, "a\u{FFFD}b\u{FFFD}c\td\ne&#13;f\u{FFFD}g\u{FFFD}");
+        let mut out = String::new();
+        push_escaped(&mut out, "é<\u{FFFE}ü\u{FFFD}\u{EFBF}>");
+        assert_eq!(out, "é&lt;\u{FFFD}ü\u{FFFD}\u{EFBF}&gt;");
     }
 
     #[test]
