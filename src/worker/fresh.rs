@@ -71,10 +71,13 @@ impl NewGroupsFound {
         current
     }
 
-    /// Adds what committing transactions announced since the worker's last claim.
+    /// Adds what committing transactions announced since the worker's last claim. Past
+    /// [`MOST_LISTED`] (a worker paused for long is told of every commit), the rest is left to
+    /// a sweep.
     pub fn learn(&mut self, fresh: Fresh) {
         self.listed.extend(fresh.rows.into_iter().map(Listed::announced));
-        if fresh.sweep {
+        if fresh.sweep || self.listed.len() > MOST_LISTED {
+            self.listed.truncate(MOST_LISTED);
             self.sweep_from = Some(0);
         }
     }
