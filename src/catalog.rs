@@ -788,6 +788,19 @@ pub fn extension_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
     }
 }
 
+/// The OID of the extension's relation `outbound_msg.name`, which must exist (an internal
+/// error otherwise).
+pub fn required_relation(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
+    let relid = extension_relation(name);
+    if relid == pg_sys::InvalidOid {
+        return Err(Error::new(
+            Kind::Internal,
+            format!("relation outbound_msg.{} does not exist", name.to_string_lossy()),
+        ));
+    }
+    Ok(relid)
+}
+
 /// The definitions table, `outbound_msg.message` (InvalidOid while the extension is absent).
 pub fn definitions_table() -> pg_sys::Oid {
     extension_relation(c"message")

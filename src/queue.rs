@@ -33,20 +33,17 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
     pub id: i64,
-    block: u32,
-    offset: u16,
+    /// Its ctid, as [`address_of`] gives it.
+    address: u64,
 }
 
 impl Row {
     fn new(id: i64, tid: pg_sys::ItemPointerData) -> Row {
-        let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
-        Row { id, block, offset }
+        Row { id, address: address_of(tid) }
     }
 
     fn tid(&self) -> pg_sys::ItemPointerData {
-        let mut tid = pg_sys::ItemPointerData::default();
-        pgrx::itemptr::item_pointer_set_all(&mut tid, self.block, self.offset);
-        tid
+        tid_at(self.address)
     }
 }
 
@@ -414,13 +411,7 @@ pub fn address_of(tid: pg_sys::ItemPointerData) -> u64 {
 /// CLUSTER and TRUNCATE give it a new one and move every row: row addresses from before no
 /// longer hold.
 pub fn storage() -> Result<u32> {
-    let relid = crate::catalog::extension_relation(c"queue");
-    if relid == pg_sys::InvalidOid {
-        return Err(crate::error::Error::new(
-            crate::error::Kind::Internal,
-            "relation outbound_msg.queue does not exist",
-        ));
-    }
+    let relid = crate::catalog::required_relation(c"queue")?;
     // SAFETY: opens and locks an existing relation to read its relcache entry.
     unsafe {
         let relation = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
@@ -742,8 +733,7 @@ mod tests {
         Claimed {
             row: Row {
                 id,
-                block: id as u32,
-                offset: 1,
+                address: (id as u64) << 16 | 1,
             },
             message_id,
             payloads: (0..size).map(|i| format!("p{id}.{i}")).collect(),

@@ -25,6 +25,7 @@ use std::rc::Rc;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
+use crate::catalog::required_relation;
 use crate::error::{Error, Kind, Result};
 use crate::queue::announcement;
 use crate::unguarded::{self, raising};
@@ -161,7 +162,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
     let relid = match TABLE.with_borrow(|table| table.as_ref().map(|t| t.relid)) {
         Some(relid) => relid,
-        None => extension_relation(c"queue")?,
+        None => required_relation(c"queue")?,
     };
     // SAFETY: the relation is opened and locked for the rest of the transaction. An ERROR in
     // between aborts the transaction, which frees what the paths below allocated.
@@ -541,26 +542,13 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
     let (layout, fills_every_required_column) = unsafe { layout(desc) }?;
     let table = Rc::new(QueueTable {
         relid,
-        sequence: extension_relation(c"queue_id_blocks")?,
+        sequence: required_relation(c"queue_id_blocks")?,
         fills_every_required_column,
         layout,
         plain_index: Default::default(),
     });
     TABLE.set(Some(Rc::clone(&table)));
     Ok(table)
-}
-
-/// The extension's relation `outbound_msg.name` (the queue, the sequence of its id blocks),
-/// which must exist.
-fn extension_relation(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
-    let relid = crate::catalog::extension_relation(name);
-    if relid == pg_sys::InvalidOid {
-        return Err(Error::new(
-            Kind::Internal,
-            format!("relation outbound_msg.{} does not exist", name.to_string_lossy()),
-        ));
-    }
-    Ok(relid)
 }
 
 /// Which column each of the queue's attributes is (`None`: dropped, or one left NULL), and
