@@ -180,25 +180,45 @@ def queue_of(db, table):
                       "WHERE m.object = %s::regclass ORDER BY q.id", (table,)).fetchall()
 
 
+def pause(db, reload_with):
+    """Pauses delivery and waits until the worker shows it."""
+    reload_with(pause_delivery="on")
+    wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+
+
+def index_entries_for(db, ctid):
+    """How many entries of the queue's index point at the queue row `ctid` (pageinspect)."""
+    db.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    return db.execute("SELECT count(*) FROM generate_series(1, pg_relation_size("
+                      "'outbound_msg.queue_due') / current_setting('block_size')::int - 1) b, "
+                      "bt_page_items('outbound_msg.queue_due', b::int) i "
+                      "WHERE i.htid = %s::tid", (ctid,)).fetchone()[0]
+
+
 def test_new_groups_wait_outside_the_index_and_show_as_queued(db, listener, reload_with):
     serve(db, listener.url, "fresh")
     try:
-        reload_with(pause_delivery="on")
-        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        pause(db, reload_with)
         db.execute("INSERT INTO fresh VALUES (1, 'x')")
         assert queue_of(db, "fresh") == [("new", 0)]
         # Not in the due index (its predicate leaves new groups out), yet listed as queued.
-        db.execute("SET enable_seqscan = off")
-        assert db.execute("SELECT count(*) FROM outbound_msg.queue WHERE state <> 'new' "
-                          "AND message_id = (SELECT id FROM outbound_msg.message "
-                          "WHERE object = 'fresh'::regclass)").fetchone() == (0,)
-        db.execute("RESET enable_seqscan")
         assert db.execute("SELECT state FROM outbound_msg.delivery_status "
                           "WHERE table_name = 'fresh'::regclass").fetchall() == [("queued",)]
+        [(ctid,)] = db.execute("SELECT q.ctid::text FROM outbound_msg.queue q "
+                               "JOIN outbound_msg.message m ON m.id = q.message_id "
+                               "WHERE m.object = 'fresh'::regclass").fetchall()
+        assert index_entries_for(db, ctid) == 0
+        # The same row moved into the index (a claim found its message busy) is in it.
+        db.execute("UPDATE outbound_msg.queue SET state = 'queued' WHERE ctid = %s::tid",
+                   (ctid,))
+        [(moved,)] = db.execute("SELECT q.ctid::text FROM outbound_msg.queue q "
+                                "JOIN outbound_msg.message m ON m.id = q.message_id "
+                                "WHERE m.object = 'fresh'::regclass").fetchall()
+        assert index_entries_for(db, moved) == 1  # and is claimed from there once resumed
         reload_with(pause_delivery="off")
         db.execute("INSERT INTO fresh VALUES (2, 'y')")  # wakes the worker
         wait_for(lambda: len(listener.notifications()) == 2, what="both deliveries")
-        assert queue_of(db, "fresh") == []
+        wait_for(lambda: queue_of(db, "fresh") == [], what="both acknowledged")
     finally:
         db.execute("DROP TABLE fresh")
 
@@ -223,8 +243,7 @@ def test_more_groups_at_one_commit_than_shared_memory_lists_are_all_sent(db, lis
 def test_a_new_worker_finds_groups_committed_while_none_ran(db, listener, reload_with):
     serve(db, listener.url, "orphaned")
     try:
-        reload_with(pause_delivery="on")
-        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        pause(db, reload_with)
         db.execute("INSERT INTO orphaned VALUES (1, 'x')")
         old_worker = worker_pid(db)
         db.execute("SELECT pg_terminate_backend(%s)", (old_worker,))
@@ -243,8 +262,7 @@ def test_a_new_group_locked_by_another_transaction_is_sent_once_released(cluster
                                                                          listener, reload_with):
     serve(db, listener.url, "held")
     try:
-        reload_with(pause_delivery="on")
-        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        pause(db, reload_with)
         db.execute("INSERT INTO held VALUES (1, 'x')")
         with cluster.connect() as other:
             other.execute("BEGIN")
@@ -255,7 +273,7 @@ def test_a_new_group_locked_by_another_transaction_is_sent_once_released(cluster
             reload_with(pause_delivery="off")
             wait_for(lambda: worker_state(db) != "paused", what="the worker to resume")
             time.sleep(0.5)
-            # The worker could not move it into the index: it is neither sent nor lost.
+            # The worker could not take it: it is neither sent nor lost.
             assert listener.notifications() == []
             assert queue_of(db, "held") == [("new", 0)]
             other.execute("COMMIT")
@@ -296,8 +314,7 @@ def test_new_groups_moved_by_vacuum_full_before_the_worker_took_them_are_sent(db
     try:
         db.execute("INSERT INTO moved VALUES (0, 'first')")  # the worker has claimed since
         wait_for(lambda: len(listener.notifications()) == 1, what="a first delivery")
-        reload_with(pause_delivery="on")
-        wait_for(lambda: worker_state(db) == "paused", what="the worker to show it is paused")
+        pause(db, reload_with)
         for i in range(20):  # twenty groups ahead of the others, deleted below
             db.execute("INSERT INTO filler VALUES (%s, 'gone')", (i,))
         db.execute("INSERT INTO moved SELECT g, 'x' FROM generate_series(1, 3) g")
