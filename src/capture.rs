@@ -57,6 +57,7 @@ struct Column {
     name: String,
     attno: NonZeroUsize,
     encoder: wire::Encoder,
+    tags: soap::Tags,
 }
 
 impl RowPlan {
@@ -72,6 +73,7 @@ impl RowPlan {
                 name: name.to_string(),
                 attno: NonZeroUsize::new(index + 1)?,
                 encoder: wire::Encoder::for_type(attribute.type_oid().value()),
+                tags: soap::Tags::new(name),
             })
         };
         Some(RowPlan {
@@ -80,28 +82,32 @@ impl RowPlan {
         })
     }
 
-    /// The record Id and rendered fields of `row`.
-    fn render(&self, row: &Row) -> crate::error::Result<(String, String)> {
-        let key = row
+    /// Appends the record Id and then the rendered fields of `row` to `out`; returns the
+    /// record Id's length.
+    fn render(&self, row: &Row, out: &mut String) -> crate::error::Result<usize> {
+        let start = out.len();
+        let written = row
             .datum(&self.key)
             // SAFETY: a non-NULL datum of the key column's type.
-            .and_then(|datum| unsafe { self.key.encoder.text(datum) })
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::Internal,
-                    format!("primary key column \"{}\" has no value", self.key.name),
-                )
-            })?;
-        let mut fields = soap::Fields::new(&key);
+            .is_some_and(|datum| unsafe { self.key.encoder.write(datum, out, false) });
+        if !written {
+            out.truncate(start);
+            return Err(Error::new(
+                Kind::Internal,
+                format!("primary key column \"{}\" has no value", self.key.name),
+            ));
+        }
+        let key_end = out.len();
+        let mut fields = soap::Fields::new(out, start..key_end);
         for column in &self.fields {
             if let Some(datum) = row.datum(column) {
                 // SAFETY: a non-NULL datum of the column's type.
-                fields.add(&column.name, |out| unsafe {
+                fields.add(&column.tags, |out| unsafe {
                     column.encoder.write(datum, out, true)
                 });
             }
         }
-        Ok((key, fields.finish()))
+        Ok(key_end - start)
     }
 }
 
@@ -189,7 +195,10 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
             tables.clear();
         }
         let relid = relid.to_u32();
-        tables.iter().find(|(table, _)| *table == relid).map(|(_, prepared)| Rc::clone(prepared))
+        tables
+            .iter()
+            .find(|(table, _)| *table == relid)
+            .map(|(_, prepared)| Rc::clone(prepared))
     });
     if let Some(cached) = cached {
         return Ok(cached);
@@ -197,8 +206,9 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
     // The trigger runs as whoever changed the row, who may not read the definitions: they
     // are read as the extension's owner, who also writes the queue.
     let owner = roles::extension_owner();
-    let messages =
-        roles::run_as(owner, || Spi::connect(|client| catalog::active_messages(client, relid)))?;
+    let messages = roles::run_as(owner, || {
+        Spi::connect(|client| catalog::active_messages(client, relid))
+    })?;
     DEFINITIONS_TABLE.set(catalog::definitions_table());
     pending::set_owner(owner);
     let prepared: Vec<Prepared> = messages
@@ -273,8 +283,7 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
                 continue;
             }
         }
-        let (key, payload) = plan.render(&new_row)?;
-        pending::add(message.message_id, key, payload)?;
+        pending::add(message.message_id, |text| plan.render(&new_row, text))?;
     }
     Ok(())
 }
@@ -396,8 +405,10 @@ fn send(
         // Rendered from the row before the INSERT replaces the SPI result.
         let plan = RowPlan::new(&row.desc, &message.key_column, &fields)
             .ok_or_else(|| Error::new(Kind::Internal, "the row read for send() lacks a column"))?;
-        let (record_id, payload) = plan.render(&row)?;
+        let mut text = String::new();
+        let key_length = plan.render(&row, &mut text)?;
         let mut groups = queue::Groups::new(1);
+        let (record_id, payload) = text.split_at(key_length);
         groups.push(message.message_id, record_id, payload);
         let group = queue::write_groups(groups)?
             .first()
@@ -445,7 +456,10 @@ thread_local! {
 
 impl Drop for Row<'_> {
     fn drop(&mut self) {
-        let arrays = (std::mem::take(&mut self.values), std::mem::take(&mut self.nulls));
+        let arrays = (
+            std::mem::take(&mut self.values),
+            std::mem::take(&mut self.nulls),
+        );
         SPARE_ARRAYS.set(Some(arrays));
     }
 }
@@ -462,7 +476,12 @@ impl Row<'_> {
             values.resize(natts, pg_sys::Datum::from(0));
             nulls.clear();
             nulls.resize(natts, true);
-            crate::unguarded::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            crate::unguarded::heap_deform_tuple(
+                tuple,
+                desc,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
             Row {
                 tuple,
                 desc: PgTupleDesc::from_pg_unchecked(desc),

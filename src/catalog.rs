@@ -795,7 +795,10 @@ pub fn required_relation(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
     if relid == pg_sys::InvalidOid {
         return Err(Error::new(
             Kind::Internal,
-            format!("relation outbound_msg.{} does not exist", name.to_string_lossy()),
+            format!(
+                "relation outbound_msg.{} does not exist",
+                name.to_string_lossy()
+            ),
         ));
     }
     Ok(relid)

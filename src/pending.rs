@@ -24,8 +24,10 @@ const FLUSH_AT: usize = 10_000;
 
 struct Pending {
     message_id: i64,
-    record_id: String,
-    payload: String,
+    /// Where its record id and then its payload sit in [`TEXT`].
+    start: usize,
+    payload_start: usize,
+    end: usize,
     /// Subtransaction that captured it: dropped if that subtransaction rolls back.
     subtransaction: pg_sys::SubTransactionId,
     /// How deep in nested statements' `ExecutorFinish` it was captured (0: outside any).
@@ -34,6 +36,9 @@ struct Pending {
 
 thread_local! {
     static BUFFER: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// The record ids and payloads of what waits, one after another: one buffer, not two
+    /// allocations a notification. Emptied when the buffer is.
+    static TEXT: RefCell<String> = const { RefCell::new(String::new()) };
     /// The buffer length at which the row trigger writes it.
     static FLUSH_LENGTH: Cell<usize> = const { Cell::new(FLUSH_AT) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
@@ -103,17 +108,32 @@ pub fn owner() -> pg_sys::Oid {
     OWNER.get()
 }
 
-/// Adds a captured notification. Runs inside the capture trigger.
-pub fn add(message_id: i64, record_id: String, payload: String) -> Result<()> {
+/// Adds a captured notification of `message_id`: `render` appends its record id then its
+/// payload, and returns the record id's length. Runs inside the capture trigger.
+pub fn add(message_id: i64, render: impl FnOnce(&mut String) -> Result<usize>) -> Result<()> {
     register_callbacks();
+    // Rendered in place: a value's output function cannot capture (it runs no statement), so
+    // nothing else wants the text meanwhile. What an ERROR interrupted stays unreferenced
+    // until the buffer empties.
+    let (start, payload_start, end) = TEXT.with_borrow_mut(|text| {
+        let start = text.len();
+        match render(text) {
+            Ok(key_length) => Ok((start, start + key_length, text.len())),
+            Err(err) => {
+                text.truncate(start);
+                Err(err)
+            }
+        }
+    })?;
     // SAFETY: reads the current subtransaction's id.
     let subtransaction = unsafe { unguarded::GetCurrentSubTransactionId() };
     let depth = FINISH_DEPTH.get();
     let len = BUFFER.with_borrow_mut(|buffer| {
         buffer.push(Pending {
             message_id,
-            record_id,
-            payload,
+            start,
+            payload_start,
+            end,
             subtransaction,
             depth,
         });
@@ -149,17 +169,47 @@ pub fn forget_message(message_id: i64) {
 }
 
 /// Takes the waiting notifications `due` accepts out of the buffer, in order, and hands each
-/// to `take`. The rest stay, and the buffer keeps its memory for the next statement.
-fn take_out(mut due: impl FnMut(&Pending) -> bool, take: impl FnMut(Pending)) {
+/// to `take` with its record id and payload. The rest stay, their text moved together, and the
+/// buffer keeps its memory for the next statement (up to [`KEPT_TEXT`] of text).
+fn take_out(mut due: impl FnMut(&Pending) -> bool, mut take: impl FnMut(&Pending, &str, &str)) {
     BUFFER.with_borrow_mut(|buffer| {
-        buffer.extract_if(.., |p| due(p)).for_each(take);
+        TEXT.with_borrow_mut(|text| {
+            let mut kept = String::new();
+            buffer.retain_mut(|p| {
+                if due(p) {
+                    take(
+                        p,
+                        &text[p.start..p.payload_start],
+                        &text[p.payload_start..p.end],
+                    );
+                    return false;
+                }
+                let start = kept.len();
+                kept.push_str(&text[p.start..p.end]);
+                (p.payload_start, p.end) = (start + p.payload_start - p.start, kept.len());
+                p.start = start;
+                true
+            });
+            if kept.is_empty() {
+                text.clear();
+                if text.capacity() > KEPT_TEXT {
+                    *text = String::new();
+                }
+            } else {
+                *text = kept;
+            }
+        });
         DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
     })
 }
 
+/// Most text capacity the buffer keeps once empty: what a statement of a few thousand rows
+/// needs, not what a large COPY once did.
+const KEPT_TEXT: usize = 1 << 20;
+
 /// Forgets the waiting notifications `forgotten` accepts.
 fn forget(forgotten: impl FnMut(&Pending) -> bool) {
-    take_out(forgotten, drop);
+    take_out(forgotten, |_, _, _| ());
 }
 
 /// Writes, as the extension's owner, grouped per message in capture order, every waiting
@@ -168,9 +218,10 @@ fn flush(depth: u32) -> Result<()> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { unguarded::GetCurrentSubTransactionId() };
     let mut groups = queue::Groups::new(guc::batch_size());
+    groups.reserve(TEXT.with_borrow(String::len));
     take_out(
         |p| p.depth >= depth && p.subtransaction == current,
-        |due| groups.push(due.message_id, due.record_id, due.payload),
+        |due, record_id, payload| groups.push(due.message_id, record_id, payload),
     );
     if groups.is_empty() {
         return Ok(());
@@ -210,7 +261,8 @@ unsafe extern "C-unwind" fn on_transaction(
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
             unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-            let written = roles::run_as(OWNER.get(), forget_vanished_messages).and_then(|()| flush(0));
+            let written =
+                roles::run_as(OWNER.get(), forget_vanished_messages).and_then(|()| flush(0));
             // SAFETY: pops the snapshot pushed above.
             unsafe { pg_sys::PopActiveSnapshot() };
             FLUSH_LENGTH.set(FLUSH_AT);

@@ -39,7 +39,10 @@ pub struct Row {
 
 impl Row {
     fn new(id: i64, tid: pg_sys::ItemPointerData) -> Row {
-        Row { id, address: address_of(tid) }
+        Row {
+            id,
+            address: address_of(tid),
+        }
     }
 
     fn tid(&self) -> pg_sys::ItemPointerData {
@@ -53,16 +56,33 @@ fn tids_and_ids(rows: &[Row]) -> (Vec<pg_sys::ItemPointerData>, Vec<i64>) {
 }
 
 /// Groups of notifications to write, in the order their first notification came: each a
-/// message and its notifications' record ids and payloads.
+/// message and its notifications' record ids and payloads. Their text sits in one buffer, not
+/// in two allocations a notification.
 pub struct Groups {
-    groups: Vec<(i64, Vec<String>, Vec<String>)>,
+    text: String,
+    groups: Vec<Group>,
     size: usize,
+}
+
+/// One group: a message, and where its notifications' texts sit in the groups' buffer.
+pub struct Group {
+    pub message_id: i64,
+    notifications: Vec<Texts>,
+}
+
+/// Where a notification's record id and then its payload sit, one after the other.
+#[derive(Clone, Copy)]
+struct Texts {
+    start: usize,
+    payload_start: usize,
+    end: usize,
 }
 
 impl Groups {
     /// Groups of at most `size` notifications (capped at [`GROUP_LIMIT`]).
     pub fn new(size: usize) -> Groups {
         Groups {
+            text: String::new(),
             groups: Vec::new(),
             size: size.clamp(1, GROUP_LIMIT as usize),
         }
@@ -72,22 +92,83 @@ impl Groups {
         self.groups.is_empty()
     }
 
+    /// How many groups (queue rows) there are.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Makes room for `bytes` more of record ids and payloads.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.text.reserve(bytes);
+    }
+
     /// Adds a notification of `message_id` to that message's open group, or a new one.
-    pub fn push(&mut self, message_id: i64, record_id: String, payload: String) {
+    pub fn push(&mut self, message_id: i64, record_id: &str, payload: &str) {
         // A message's open group is its latest one, among the last groups of as many messages
         // as are interleaved: found from the end in a step or two, without a map to build.
-        let open = self.groups.iter().rposition(|(m, _, _)| *m == message_id);
+        let open = self.groups.iter().rposition(|g| g.message_id == message_id);
         let index = match open {
-            Some(index) if self.groups[index].1.len() < self.size => index,
+            Some(index) if self.groups[index].notifications.len() < self.size => index,
             _ => {
                 // Grown as filled: most statements change one row.
-                self.groups.push((message_id, Vec::new(), Vec::new()));
+                self.groups.push(Group {
+                    message_id,
+                    notifications: Vec::new(),
+                });
                 self.groups.len() - 1
             }
         };
-        let (_, record_ids, payloads) = &mut self.groups[index];
-        record_ids.push(record_id);
-        payloads.push(payload);
+        let start = self.text.len();
+        self.text.push_str(record_id);
+        let payload_start = self.text.len();
+        self.text.push_str(payload);
+        self.groups[index].notifications.push(Texts {
+            start,
+            payload_start,
+            end: self.text.len(),
+        });
+    }
+
+    /// Each group, with its notifications' record ids and payloads.
+    pub fn iter(&self) -> impl Iterator<Item = GroupTexts<'_>> {
+        self.groups.iter().map(|group| GroupTexts {
+            group,
+            text: &self.text,
+        })
+    }
+}
+
+/// A group and the text its notifications are in.
+#[derive(Clone, Copy)]
+pub struct GroupTexts<'a> {
+    group: &'a Group,
+    text: &'a str,
+}
+
+impl<'a> GroupTexts<'a> {
+    pub fn message_id(&self) -> i64 {
+        self.group.message_id
+    }
+
+    /// How many notifications it holds.
+    pub fn len(&self) -> usize {
+        self.group.notifications.len()
+    }
+
+    pub fn record_ids(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
+        let text = self.text;
+        self.group
+            .notifications
+            .iter()
+            .map(move |n| &text[n.start..n.payload_start])
+    }
+
+    pub fn payloads(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
+        let text = self.text;
+        self.group
+            .notifications
+            .iter()
+            .map(move |n| &text[n.payload_start..n.end])
     }
 }
 
@@ -140,7 +221,7 @@ pub fn write_groups(groups: Groups) -> Result<Vec<i64>> {
         return Ok(Vec::new());
     }
     wake::after_commit();
-    crate::queue_insert::insert(groups.groups)
+    crate::queue_insert::insert(&groups)
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.
@@ -285,7 +366,10 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             claimed.push(Claimed {
-                row: Row::new(row.get(2)?.unwrap_or_default(), row.get(1)?.unwrap_or_default()),
+                row: Row::new(
+                    row.get(2)?.unwrap_or_default(),
+                    row.get(1)?.unwrap_or_default(),
+                ),
                 message_id: row.get(3)?.unwrap_or_default(),
                 payloads: row.get(4)?.unwrap_or_default(),
                 attempts: row.get::<i32>(5)?.unwrap_or(1).max(1) as u32,
@@ -398,7 +482,10 @@ pub fn announcement(tid: pg_sys::ItemPointerData, notifications: usize) -> u64 {
 
 /// The address and the number of notifications of an [`announcement`].
 pub fn announced(announcement: u64) -> (u64, usize) {
-    (announcement & ((1 << 48) - 1), (announcement >> 48) as usize)
+    (
+        announcement & ((1 << 48) - 1),
+        (announcement >> 48) as usize,
+    )
 }
 
 /// A ctid as the row address `block << 16 | offset`.
@@ -787,23 +874,18 @@ mod tests {
     fn notifications_are_grouped_per_message_in_capture_order_and_size() {
         let mut groups = Groups::new(2);
         for (message, record) in [(7, "a"), (8, "b"), (7, "c"), (7, "d"), (8, "e")] {
-            groups.push(message, record.into(), format!("p{record}"));
+            groups.push(message, record, &format!("p{record}"));
         }
-        let shape: Vec<(i64, Vec<String>)> = groups
-            .groups
+        let shape: Vec<(i64, Vec<&str>)> = groups
             .iter()
-            .map(|(m, ids, _)| (*m, ids.clone()))
+            .map(|g| (g.message_id(), g.record_ids().collect()))
             .collect();
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             shape,
-            vec![
-                (7, ids(&["a", "c"])),
-                (8, ids(&["b", "e"])),
-                (7, ids(&["d"]))
-            ]
+            vec![(7, vec!["a", "c"]), (8, vec!["b", "e"]), (7, vec!["d"])]
         );
-        assert_eq!(groups.groups[1].2, vec!["pb".to_string(), "pe".to_string()]);
+        let second: Vec<&str> = groups.iter().nth(1).unwrap().payloads().collect();
+        assert_eq!(second, vec!["pb", "pe"]);
         assert_eq!(Groups::new(1000).size, GROUP_LIMIT as usize);
     }
 

@@ -27,12 +27,9 @@ use pgrx::PgMemoryContexts;
 
 use crate::catalog::required_relation;
 use crate::error::{Error, Kind, Result};
-use crate::queue::announcement;
+use crate::queue::{announcement, GroupTexts, Groups};
 use crate::unguarded::{self, raising};
 use crate::worker::wake;
-
-/// A queue row to insert: a message and its notifications' record ids and payloads.
-pub type NewRow = (i64, Vec<String>, Vec<String>);
 
 /// The queue's columns this module fills; every other column starts NULL.
 #[derive(Clone, Copy)]
@@ -158,8 +155,9 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     });
 }
 
-/// Inserts `rows` into `outbound_msg.queue` as new, due now; returns their ids in order.
-pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
+/// Inserts `groups` into `outbound_msg.queue`, one row each, as new and due now; returns their
+/// ids in order.
+pub fn insert(groups: &Groups) -> Result<Vec<i64>> {
     let relid = match TABLE.with_borrow(|table| table.as_ref().map(|t| t.relid)) {
         Some(relid) => relid,
         None => required_relation(c"queue")?,
@@ -179,8 +177,8 @@ pub fn insert(rows: Vec<NewRow>) -> Result<Vec<i64>> {
             }
         };
         let (ids, tids) = match plain_index(relation, &table) {
-            Some(index) => insert_plainly(relation, index, &table, rows),
-            None => insert_through_executor(relation, &table, rows),
+            Some(index) => insert_plainly(relation, index, &table, groups),
+            None => insert_through_executor(relation, &table, groups),
         };
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
         wake::rows_written(&tids);
@@ -282,10 +280,10 @@ unsafe fn insert_plainly(
     relation: pg_sys::Relation,
     index: OpenIndex,
     table: &QueueTable,
-    rows: Vec<NewRow>,
+    groups: &Groups,
 ) -> (Vec<i64>, Vec<u64>) {
-    let ids: Vec<i64> = rows.iter().map(|_| next_id(table.sequence)).collect();
-    let mut tids = vec![0u64; rows.len()];
+    let ids: Vec<i64> = groups.iter().map(|_| next_id(table.sequence)).collect();
+    let mut tids = vec![0u64; groups.len()];
     let columns = table.layout.len().min(MAX_PLAIN_COLUMNS);
     let mut values = [pg_sys::Datum::from(0); MAX_PLAIN_COLUMNS];
     let mut nulls = [true; MAX_PLAIN_COLUMNS];
@@ -307,23 +305,35 @@ unsafe fn insert_plainly(
         unguarded::boundary(|| {
             let command = raising::GetCurrentCommandId(true);
             let now = pg_sys::Datum::from(unguarded::GetCurrentTransactionStartTimestamp());
-            for ((row, &id), tid) in rows.iter().zip(&ids).zip(&mut tids) {
+            for ((row, &id), tid) in groups.iter().zip(&ids).zip(&mut tids) {
                 // Also frees what a row left behind when an ERROR interrupted it.
                 raising::MemoryContextReset(row_memory);
                 let previous = pg_sys::MemoryContextSwitchTo(row_memory);
-                fill_row(table, row, id, now, &mut values[..columns], &mut nulls[..columns]);
+                fill_row(
+                    table,
+                    row,
+                    id,
+                    now,
+                    &mut values[..columns],
+                    &mut nulls[..columns],
+                );
                 let tuple = raising::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                 raising::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
-                *tid = announcement((*tuple).t_self, row.1.len());
+                *tid = announcement((*tuple).t_self, row.len());
                 let Some((index, info)) = index else {
                     pg_sys::MemoryContextSwitchTo(previous);
                     continue;
                 };
-                for ((key_value, key_null), &attno) in
-                    key_values.iter_mut().zip(&mut key_nulls).zip(key_attributes)
+                for ((key_value, key_null), &attno) in key_values
+                    .iter_mut()
+                    .zip(&mut key_nulls)
+                    .zip(key_attributes)
                 {
                     let attribute = (attno as usize).wrapping_sub(1);
-                    *key_value = values.get(attribute).copied().unwrap_or(pg_sys::Datum::from(0));
+                    *key_value = values
+                        .get(attribute)
+                        .copied()
+                        .unwrap_or(pg_sys::Datum::from(0));
                     *key_null = nulls.get(attribute).copied().unwrap_or(true);
                 }
                 raising::index_insert(
@@ -379,10 +389,10 @@ fn row_memory() -> pg_sys::MemoryContext {
 unsafe fn insert_through_executor(
     relation: pg_sys::Relation,
     table: &QueueTable,
-    rows: Vec<NewRow>,
+    groups: &Groups,
 ) -> (Vec<i64>, Vec<u64>) {
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut tids = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(groups.len());
+    let mut tids = Vec::with_capacity(groups.len());
     // SAFETY: the executor state, its slot and the row context live in the executor state's
     // memory and are freed with it below.
     unsafe {
@@ -407,19 +417,19 @@ unsafe fn insert_through_executor(
             pg_sys::AfterTriggerBeginQuery();
         }
 
-        for row in rows {
+        for row in groups.iter() {
             let id = next_id(table.sequence);
             pg_sys::ExecClearTuple(slot);
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, table.layout.len());
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, table.layout.len());
             let previous = pg_sys::MemoryContextSwitchTo(row_memory);
-            unguarded::boundary(|| fill_row(table, &row, id, now, values, nulls));
+            unguarded::boundary(|| fill_row(table, row, id, now, values, nulls));
             pg_sys::MemoryContextSwitchTo(previous);
             pg_sys::ExecStoreVirtualTuple(slot);
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
             pg_sys::MemoryContextReset(row_memory);
             ids.push(id);
-            tids.push(announcement((*slot).tts_tid, row.1.len()));
+            tids.push(announcement((*slot).tts_tid, row.len()));
         }
 
         if has_triggers {
@@ -440,22 +450,21 @@ unsafe fn insert_through_executor(
 /// per attribute.
 unsafe fn fill_row(
     table: &QueueTable,
-    row: &NewRow,
+    row: GroupTexts,
     id: i64,
     now: pg_sys::Datum,
     values: &mut [pg_sys::Datum],
     nulls: &mut [bool],
 ) {
-    let (message_id, record_ids, payloads) = row;
     for ((column, value), null) in table.layout.iter().zip(values).zip(nulls) {
         // SAFETY: as the caller guarantees.
         let filled = unsafe {
             match column {
                 None => None,
                 Some(Column::Id) => Some(pg_sys::Datum::from(id)),
-                Some(Column::MessageId) => Some(pg_sys::Datum::from(*message_id)),
-                Some(Column::RecordIds) => Some(text_array(record_ids)),
-                Some(Column::Payloads) => Some(text_array(payloads)),
+                Some(Column::MessageId) => Some(pg_sys::Datum::from(row.message_id())),
+                Some(Column::RecordIds) => Some(text_array(row.record_ids())),
+                Some(Column::Payloads) => Some(text_array(row.payloads())),
                 Some(Column::CreatedAt | Column::NextAttemptAt) => Some(now),
                 Some(Column::State) => Some(text("new")),
                 Some(Column::Attempts) => Some(pg_sys::Datum::from(0i32)),
@@ -489,30 +498,36 @@ unsafe fn text(value: &str) -> pg_sys::Datum {
 ///
 /// # Safety
 /// As for [`text`].
-unsafe fn text_array(items: &[String]) -> pg_sys::Datum {
-    if items.is_empty() {
+unsafe fn text_array<'a>(items: impl Iterator<Item = &'a str> + Clone) -> pg_sys::Datum {
+    const HEADER: usize = size_of::<pg_sys::ArrayType>() + 2 * size_of::<i32>();
+    let overhead = HEADER.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
+    let element = |item: &str| (pg_sys::VARHDRSZ + item.len()).next_multiple_of(4);
+    let (count, data_size) = items.clone().fold((0, 0), |(count, size), item| {
+        (count + 1, size + element(item))
+    });
+    if count == 0 {
         // SAFETY: as the caller guarantees. (An empty array has no dimension at all.)
         return unsafe { pg_sys::Datum::from(raising::construct_empty_array(pg_sys::TEXTOID)) };
     }
-    const HEADER: usize = size_of::<pg_sys::ArrayType>() + 2 * size_of::<i32>();
-    let overhead = HEADER.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
-    let element = |item: &String| (pg_sys::VARHDRSZ + item.len()).next_multiple_of(4);
-    let size = overhead + items.iter().map(element).sum::<usize>();
-    // SAFETY: `size` bytes, zeroed, so padding is zero as construct_array leaves it; every
-    // write below stays within them.
+    let size = overhead + data_size;
+    // SAFETY: `size` bytes; every write below stays within them, and every byte is written
+    // (padding as zeros, as construct_array leaves it), so none is zeroed twice.
     unsafe {
-        let array = raising::palloc0(size) as *mut pg_sys::ArrayType;
+        let array = raising::palloc(size) as *mut pg_sys::ArrayType;
+        std::ptr::write_bytes(array as *mut u8, 0, overhead);
         pgrx::set_varsize_4b(array.cast(), size as i32);
         (*array).ndim = 1;
         (*array).dataoffset = 0;
         (*array).elemtype = pg_sys::TEXTOID;
         let dimensions = array.add(1) as *mut i32;
-        *dimensions = items.len() as i32;
+        *dimensions = count as i32;
         *dimensions.add(1) = 1;
         let mut data = (array as *mut u8).add(overhead);
         for item in items {
-            pgrx::set_varsize_4b(data.cast(), (pg_sys::VARHDRSZ + item.len()) as i32);
+            let length = pg_sys::VARHDRSZ + item.len();
+            pgrx::set_varsize_4b(data.cast(), length as i32);
             std::ptr::copy_nonoverlapping(item.as_ptr(), data.add(pg_sys::VARHDRSZ), item.len());
+            std::ptr::write_bytes(data.add(length), 0, element(item) - length);
             data = data.add(element(item));
         }
         pg_sys::Datum::from(array)
@@ -586,12 +601,24 @@ mod tests {
         let cases: Vec<Vec<String>> = vec![
             vec![],
             vec![String::new()],
-            vec!["a".into(), "bc".into(), "def".into(), "ghij".into(), "klmno".into()],
-            vec!["<sf:Id>42</sf:Id>".into(), "Zoë — ünïcode".into(), "x".repeat(3000)],
+            vec![
+                "a".into(),
+                "bc".into(),
+                "def".into(),
+                "ghij".into(),
+                "klmno".into(),
+            ],
+            vec![
+                "<sf:Id>42</sf:Id>".into(),
+                "Zoë — ünïcode".into(),
+                "x".repeat(3000),
+            ],
         ];
         for items in cases {
             // SAFETY: inside a transaction; the datum lives in the current memory context.
-            let ours = unsafe { crate::unguarded::boundary(|| super::text_array(&items)) };
+            let ours = unsafe {
+                crate::unguarded::boundary(|| super::text_array(items.iter().map(String::as_str)))
+            };
             let same = Spi::get_one_with_args::<bool>(
                 "SELECT $1::text[] = $2::text[] AND array_length($1, 1) IS NOT DISTINCT FROM
                         array_length($2, 1) AND array_lower($1, 1) IS NOT DISTINCT FROM

@@ -41,55 +41,73 @@ pub fn render_fields<'v>(
     id: &str,
     fields: impl IntoIterator<Item = (&'v str, Option<&'v str>)>,
 ) -> String {
-    let mut out = Fields::new(id);
+    let mut text = id.to_string();
+    let mut out = Fields::new(&mut text, 0..id.len());
     for (name, value) in fields {
         if let Some(value) = value {
-            out.add(name, |text| {
+            out.add(&Tags::new(name), |text| {
                 push_escaped(text, value);
                 true
             });
         }
     }
-    out.finish()
+    text.split_off(id.len())
 }
 
 /// Builds the sObject fields of one notification in place: `sf:Id` first, then each field
 /// whose value its writer appends (escaped) to the text. Capture writes values straight into
-/// it, without a string per value.
-pub struct Fields {
-    out: String,
+/// the buffer of waiting notifications, without a string per value.
+pub struct Fields<'a> {
+    out: &'a mut String,
 }
 
-impl Fields {
-    pub fn new(id: &str) -> Fields {
-        let mut fields = Fields {
-            out: String::with_capacity(256),
-        };
-        fields.add("Id", |text| {
-            push_escaped(text, id);
+impl<'a> Fields<'a> {
+    /// Starts, at the end of `out`, the fields of a notification whose record Id is already
+    /// in `out`, unescaped, at `id`.
+    pub fn new(out: &'a mut String, id: std::ops::Range<usize>) -> Fields<'a> {
+        let mut fields = Fields { out };
+        fields.add_element("     <sf:Id>", "</sf:Id>\n", |text| {
+            if needs_escaping(&text[id.clone()]) {
+                let unescaped = text[id].to_string();
+                push_escaped(text, &unescaped);
+            } else {
+                text.extend_from_within(id);
+            }
             true
         });
         fields
     }
 
-    /// Adds field `name`; `write` appends its escaped value, or returns false to leave the
-    /// field out (a value its XSD type cannot represent).
-    pub fn add(&mut self, name: &str, write: impl FnOnce(&mut String) -> bool) {
+    /// Adds the field whose element `tags` writes; `write` appends its escaped value, or
+    /// returns false to leave the field out (a value its XSD type cannot represent).
+    pub fn add(&mut self, tags: &Tags, write: impl FnOnce(&mut String) -> bool) {
+        self.add_element(&tags.open, &tags.close, write);
+    }
+
+    fn add_element(&mut self, open: &str, close: &str, write: impl FnOnce(&mut String) -> bool) {
         let start = self.out.len();
-        self.out.push_str("     <sf:");
-        self.out.push_str(name);
-        self.out.push('>');
-        if write(&mut self.out) {
-            self.out.push_str("</sf:");
-            self.out.push_str(name);
-            self.out.push_str(">\n");
+        self.out.push_str(open);
+        if write(self.out) {
+            self.out.push_str(close);
         } else {
             self.out.truncate(start);
         }
     }
+}
 
-    pub fn finish(self) -> String {
-        self.out
+/// The start and end tags of a field's element, with the layout around them: written once
+/// per column, not pieced together per row.
+pub struct Tags {
+    open: String,
+    close: String,
+}
+
+impl Tags {
+    pub fn new(name: &str) -> Tags {
+        Tags {
+            open: format!("     <sf:{name}>"),
+            close: format!("</sf:{name}>\n"),
+        }
     }
 }
 
@@ -145,33 +163,18 @@ fn push_element(out: &mut String, indent: &str, name: &str, value: &str) {
 /// line-end normalisation does not turn it into a line feed; characters XML 1.0 cannot carry at
 /// all (most C0 controls, U+FFFE, U+FFFF) become U+FFFD, never raw bytes.
 pub fn push_escaped(out: &mut String, text: &str) {
-    // Byte by byte: everything that needs escaping is ASCII but U+FFFE and U+FFFF (EF BF BE,
-    // EF BF BF), and a scan by char decoded every character of every value a capture writes.
     let bytes = text.as_bytes();
     let mut copied = 0;
     let mut at = 0;
     while at < bytes.len() {
-        let (replacement, length) = match bytes[at] {
-            b'&' => ("&amp;", 1),
-            b'<' => ("&lt;", 1),
-            b'>' => ("&gt;", 1),
-            b'"' => ("&quot;", 1),
-            b'\'' => ("&apos;", 1),
-            b'\r' => ("&#13;", 1),
-            b'\t' | b'\n' => {
-                at += 1;
-                continue;
-            }
-            0..=0x1F => ("\u{FFFD}", 1),
-            0xEF if bytes.get(at + 1) == Some(&0xBF)
-                && matches!(bytes.get(at + 2), Some(0xBE | 0xBF)) =>
-            {
-                ("\u{FFFD}", 3)
-            }
-            _ => {
-                at += 1;
-                continue;
-            }
+        let replaced = if MAY_NEED_ESCAPING[bytes[at] as usize] {
+            escape_at(bytes, at)
+        } else {
+            None
+        };
+        let Some((replacement, length)) = replaced else {
+            at += 1;
+            continue;
         };
         out.push_str(&text[copied..at]);
         out.push_str(replacement);
@@ -181,6 +184,52 @@ pub fn push_escaped(out: &mut String, text: &str) {
     out.push_str(&text[copied..]);
 }
 
+/// The bytes [`escape_at`] may replace: a table, so the common byte costs one load.
+static MAY_NEED_ESCAPING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = byte != b'\t' as usize && byte != b'\n' as usize;
+        byte += 1;
+    }
+    let mut special = 0;
+    while special < 6 {
+        table[b"&<>\"'\xEF"[special] as usize] = true;
+        special += 1;
+    }
+    table
+};
+
+/// What replaces the text at byte `at` of `bytes` (UTF-8), and how many bytes it replaces;
+/// `None` when the byte is written as it is.
+///
+/// Byte by byte: everything that needs escaping is ASCII but U+FFFE and U+FFFF (EF BF BE,
+/// EF BF BF), and a scan by char decoded every character of every value a capture writes.
+fn escape_at(bytes: &[u8], at: usize) -> Option<(&'static str, usize)> {
+    Some(match bytes[at] {
+        b'&' => ("&amp;", 1),
+        b'<' => ("&lt;", 1),
+        b'>' => ("&gt;", 1),
+        b'"' => ("&quot;", 1),
+        b'\'' => ("&apos;", 1),
+        b'\r' => ("&#13;", 1),
+        b'\t' | b'\n' => return None,
+        0..=0x1F => ("\u{FFFD}", 1),
+        0xEF if bytes.get(at + 1) == Some(&0xBF)
+            && matches!(bytes.get(at + 2), Some(0xBE | 0xBF)) =>
+        {
+            ("\u{FFFD}", 3)
+        }
+        _ => return None,
+    })
+}
+
+/// Whether [`push_escaped`] would change `text`.
+fn needs_escaping(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (0..bytes.len())
+        .any(|at| MAY_NEED_ESCAPING[bytes[at] as usize] && escape_at(bytes, at).is_some())
+}
 
 /// What a listener's HTTP body said about the notifications it was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,7 +28,7 @@ pub mod raising {
     use pgrx::pg_sys;
 
     unsafe extern "C-unwind" {
-        pub fn palloc0(size: pg_sys::Size) -> *mut std::ffi::c_void;
+        pub fn palloc(size: pg_sys::Size) -> *mut std::ffi::c_void;
         pub fn MemoryContextReset(context: pg_sys::MemoryContext);
         pub fn cstring_to_text_with_len(
             s: *const std::ffi::c_char,

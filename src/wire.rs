@@ -135,15 +135,19 @@ impl Encoder {
                     Some(v) => out.push_str(&values::double(v)),
                     None => return false,
                 },
-                Kind::Numeric(output) => {
-                    return output.with_text(datum, |text| match values::numeric(&text) {
-                        Some(text) => {
-                            out.push_str(text);
-                            true
-                        }
-                        None => false,
-                    })
-                }
+                Kind::Numeric(output) => match stored_numeric(datum) {
+                    Some(Numeric::Finite(value)) => values::write_decimal(out, &value),
+                    Some(Numeric::Special) => return false,
+                    None => {
+                        return output.with_text(datum, |text| match values::numeric(&text) {
+                            Some(text) => {
+                                out.push_str(text);
+                                true
+                            }
+                            None => false,
+                        })
+                    }
+                },
                 Kind::TimestampTz => {
                     return values::write_timestamp(out, datum.value() as i64, true)
                 }
@@ -155,7 +159,8 @@ impl Encoder {
                     Some(bytes) => values::write_bytea(out, bytes),
                     None => return false,
                 },
-                Kind::Text => match stored_text(datum).or_else(|| <&str>::from_datum(datum, false)) {
+                Kind::Text => match stored_text(datum).or_else(|| <&str>::from_datum(datum, false))
+                {
                     Some(text) => push(out, text, escape),
                     None => return false,
                 },
@@ -163,16 +168,6 @@ impl Encoder {
             }
         }
         true
-    }
-
-    /// The text a value is sent as, unescaped (for the record Id); `None` when left out.
-    ///
-    /// # Safety
-    /// As for [`Encoder::write`].
-    pub unsafe fn text(&self, datum: pg_sys::Datum) -> Option<String> {
-        let mut text = String::new();
-        // SAFETY: as the caller guarantees.
-        unsafe { self.write(datum, &mut text, false) }.then_some(text)
     }
 }
 
@@ -189,16 +184,78 @@ unsafe fn stored_text<'a>(datum: pg_sys::Datum) -> Option<&'a str> {
     }
     // SAFETY: reads the database's encoding.
     let utf8 = UTF8.with(|utf8| {
-        *utf8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
+        *utf8.get_or_init(
+            || unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32,
+        )
     });
     let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
     // SAFETY: as the caller guarantees; only a value stored in place is read.
     unsafe {
-        if !utf8 || pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena) {
+        if !utf8 || pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena)
+        {
             return None;
         }
         std::str::from_utf8(pgrx::varlena::varlena_to_byte_slice(varlena)).ok()
     }
+}
+
+/// A `numeric` value as stored.
+enum Numeric<'a> {
+    Finite(values::Decimal<'a>),
+    /// NaN or an infinity: no `xsd:decimal` represents it.
+    Special,
+}
+
+/// A `numeric` datum stored as it is (neither compressed nor out of line), read in place
+/// (numeric's on-disk layout, utils/adt/numeric.c); `None` for any other, written by
+/// `numeric_out` instead. The output function would first copy a value stored with a short
+/// header, then build a digit array and a C string from it.
+///
+/// # Safety
+/// `datum` must be a non-NULL `numeric` datum.
+unsafe fn stored_numeric<'a>(datum: pg_sys::Datum) -> Option<Numeric<'a>> {
+    const SIGN_MASK: u16 = 0xC000;
+    const NEGATIVE: u16 = 0x4000;
+    const SHORT: u16 = 0x8000;
+    const SPECIAL: u16 = 0xC000;
+    const SHORT_NEGATIVE: u16 = 0x2000;
+    const SHORT_DSCALE_MASK: u16 = 0x1F80;
+    const SHORT_DSCALE_SHIFT: u16 = 7;
+    const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
+    const SHORT_WEIGHT_MASK: u16 = 0x003F;
+    const DSCALE_MASK: u16 = 0x3FFF;
+    let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: as the caller guarantees; only a value stored in place is read, within its size.
+    let data = unsafe {
+        if pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena) {
+            return None;
+        }
+        pgrx::varlena::varlena_to_byte_slice(varlena)
+    };
+    let word = |at: usize| Some(u16::from_ne_bytes([*data.get(at)?, *data.get(at + 1)?]));
+    let header = word(0)?;
+    Some(match header & SIGN_MASK {
+        SPECIAL => Numeric::Special,
+        SHORT => {
+            let magnitude = i32::from(header & SHORT_WEIGHT_MASK);
+            Numeric::Finite(values::Decimal {
+                negative: header & SHORT_NEGATIVE != 0,
+                weight: if header & SHORT_WEIGHT_NEGATIVE != 0 {
+                    magnitude | !i32::from(SHORT_WEIGHT_MASK)
+                } else {
+                    magnitude
+                },
+                dscale: u32::from((header & SHORT_DSCALE_MASK) >> SHORT_DSCALE_SHIFT),
+                digits: &data[2..],
+            })
+        }
+        sign => Numeric::Finite(values::Decimal {
+            negative: sign == NEGATIVE,
+            weight: i32::from(word(2)? as i16),
+            dscale: u32::from(header & DSCALE_MASK),
+            digits: &data[4..],
+        }),
+    })
 }
 
 fn push(out: &mut String, text: &str, escape: bool) {
@@ -240,5 +297,57 @@ pub unsafe fn output_text(datum: pg_sys::Datum, typoid: pg_sys::Oid) -> String {
         let text = CStr::from_ptr(cstring).to_string_lossy().into_owned();
         pg_sys::pfree(cstring.cast());
         text
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::Encoder;
+
+    /// The wire text of `datum`, `None` when left out.
+    fn written(encoder: &Encoder, datum: pg_sys::Datum) -> Option<String> {
+        let mut out = String::new();
+        // SAFETY: a non-NULL numeric datum, valid while the SPI result is.
+        unsafe { encoder.write(datum, &mut out, true) }.then_some(out)
+    }
+
+    #[pg_test]
+    fn numerics_are_written_as_numeric_out_writes_them() {
+        // Values of every weight and scale, both header forms (weight beyond ±63 or over 63
+        // places needs the long one), and the specials; stored in a table, so each is read
+        // with the short varlena header a stored row gives it, and then with a 4-byte one.
+        Spi::run(
+            "CREATE TABLE n (v numeric);
+             INSERT INTO n VALUES ('0'), ('-0.000'), ('0.00012'), ('-9999.9999'), ('10000'),
+                 ('1e-20'), ('123456789012345678901234567890.123456789'), ('0.1'), ('1.10'),
+                 ('-1e100'), ('1e300'), ('-1.5e-300'), ('NaN'), ('Infinity'), ('-Infinity');
+             INSERT INTO n SELECT round((random() - 0.5)::numeric * 10::numeric ^ e, s)
+                 FROM generate_series(-40, 40, 3) e, generate_series(0, 100, 9) s;",
+        )
+        .unwrap();
+        let encoder = Encoder::for_type(pg_sys::NUMERICOID);
+        let checked = Spi::connect(|client| {
+            let mut table = client.select("SELECT v, v::text FROM n", None, &[]).unwrap();
+            let mut checked = 0;
+            while table.next().is_some() {
+                let datum = table.get_datum_by_ordinal(1).unwrap().unwrap();
+                let text: String = table.get(2).unwrap().unwrap();
+                let expected = (!text.contains("Infinity") && text != "NaN").then_some(text);
+                // SAFETY: as above.
+                assert!(unsafe { super::stored_numeric(datum) }.is_some(), "read in place");
+                assert_eq!(written(&encoder, datum), expected);
+                // SAFETY: detoasting a numeric gives it a 4-byte header (a copy).
+                let long = unsafe {
+                    pg_sys::Datum::from(pg_sys::pg_detoast_datum(datum.cast_mut_ptr()))
+                };
+                assert_eq!(written(&encoder, long), expected);
+                checked += 1;
+            }
+            checked
+        });
+        assert!(checked > 300, "{checked} values checked");
     }
 }

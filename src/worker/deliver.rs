@@ -191,7 +191,10 @@ impl Deliverer {
             let new_groups = found
                 .after_claim(offered.len(), &limits.excluded(), prepared_since)
                 .unwrap_or_else(|err| {
-                    warning!("outbound_msg: could not index new notifications: {}", err.message);
+                    warning!(
+                        "outbound_msg: could not index new notifications: {}",
+                        err.message
+                    );
                     found.kept_after_failure(prepared_since)
                 });
             let next_due = queue::next_due(limits.excluded()).ok().flatten();
@@ -199,7 +202,14 @@ impl Deliverer {
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
             let analyze =
                 claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
-            Some((new_groups, derived, batches, next_due, fingerprints, analyze))
+            Some((
+                new_groups,
+                derived,
+                batches,
+                next_due,
+                fingerprints,
+                analyze,
+            ))
         });
         let (new_groups, derived, batches, next_due, fingerprints, analyze) = match claimed {
             Some(claimed) => claimed?,

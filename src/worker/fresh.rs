@@ -29,7 +29,10 @@ struct Listed {
 impl Listed {
     fn announced(announcement: u64) -> Listed {
         let (address, size) = queue::announced(announcement);
-        Listed { address, size: size.max(1) }
+        Listed {
+            address,
+            size: size.max(1),
+        }
     }
 }
 
@@ -75,7 +78,8 @@ impl NewGroupsFound {
     /// [`MOST_LISTED`] (a worker paused for long is told of every commit), the rest is left to
     /// a sweep.
     pub fn learn(&mut self, fresh: Fresh) {
-        self.listed.extend(fresh.rows.into_iter().map(Listed::announced));
+        self.listed
+            .extend(fresh.rows.into_iter().map(Listed::announced));
         if fresh.sweep || self.listed.len() > MOST_LISTED {
             self.listed.truncate(MOST_LISTED);
             self.sweep_from = Some(0);
@@ -117,9 +121,16 @@ impl NewGroupsFound {
             .into_iter()
             .partition(|group| busy.contains(&group.message_id));
         let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
-        next.listed.extend(kept.iter().map(|g| Listed { address: g.address, size: g.size }));
+        next.listed.extend(kept.iter().map(|g| Listed {
+            address: g.address,
+            size: g.size,
+        }));
         if next.listed.len() > MOST_LISTED {
-            let excess: Vec<u64> = next.listed.drain(MOST_LISTED..).map(|g| g.address).collect();
+            let excess: Vec<u64> = next
+                .listed
+                .drain(MOST_LISTED..)
+                .map(|g| g.address)
+                .collect();
             next.index(&excess)?;
         }
         next.index(&to_index)?;
@@ -150,7 +161,11 @@ impl NewGroupsFound {
     fn index(&mut self, addresses: &[u64]) -> Result<()> {
         if !addresses.is_empty() {
             let locked = queue::admit(addresses)?;
-            self.listed.extend(locked.into_iter().map(|address| Listed { address, size: 1 }));
+            self.listed.extend(
+                locked
+                    .into_iter()
+                    .map(|address| Listed { address, size: 1 }),
+            );
         }
         Ok(())
     }

@@ -73,7 +73,12 @@ impl FreshRows {
         if rows.len() > free {
             self.overflowed.store(true, Ordering::SeqCst);
         }
-        for (place, &row) in self.rows.iter().skip(start).zip(&rows[..rows.len().min(free)]) {
+        for (place, &row) in self
+            .rows
+            .iter()
+            .skip(start)
+            .zip(&rows[..rows.len().min(free)])
+        {
             place.store(row, Ordering::SeqCst);
         }
     }
@@ -162,7 +167,10 @@ pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
     // yet sweeps the queue when it starts: the rows need not be kept for it.
     let settled = {
         let shared = SHARED.share();
-        let slot = shared.slots.iter().find(|s| s.database == database.to_u32());
+        let slot = shared
+            .slots
+            .iter()
+            .find(|s| s.database == database.to_u32());
         if let Some(slot) = slot.filter(|s| s.latch != 0) {
             slot.fresh.add(fresh_rows);
         }
@@ -268,7 +276,11 @@ pub fn rows_prepared(database: pg_sys::Oid) {
         return;
     }
     let shared = SHARED.share();
-    if let Some(slot) = shared.slots.iter().find(|s| s.database == database.to_u32()) {
+    if let Some(slot) = shared
+        .slots
+        .iter()
+        .find(|s| s.database == database.to_u32())
+    {
         slot.fresh.prepared.store(true, Ordering::SeqCst);
     }
 }
