@@ -403,7 +403,7 @@ def main():
     # One statement's time here falls in two bands, about 1.6 times apart (the machine's state,
     # for every table alike: plain ranged 129 to 225 ms in one run); with 9 rounds each table
     # meets the faster band at least once but once in hundreds of runs, with 5 once in 20.
-    parser.add_argument("--bulk-rounds", type=int, default=9)
+    parser.add_argument("--bulk-rounds", type=int, default=15)
     parser.add_argument("--oltp-rounds", type=int, default=3)
     parser.add_argument("--oltp-seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)

@@ -254,8 +254,10 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
         PgTriggerOperation::Update => true,
         _ => return Ok(()),
     };
-    let relid = trigger.relid().map_err(misuse)?;
     let data = trigger.trigger_data();
+    // SAFETY: a trigger's relation is open while it runs. (Read here, not through pgrx's
+    // PgRelation, built and dropped per row.)
+    let relid = unsafe { (*data.tg_relation).rd_id };
     // SAFETY: for a row trigger on INSERT the new row is tg_trigtuple; on UPDATE the old row is
     // tg_trigtuple and the new one tg_newtuple. They and the relation's descriptor live until
     // the trigger returns.
@@ -410,7 +412,7 @@ fn send(
         let mut groups = queue::Groups::new(1);
         let (record_id, payload) = text.split_at(key_length);
         groups.push(message.message_id, record_id, payload);
-        let group = queue::write_groups(groups)?
+        let group = queue::write_groups(&groups)?
             .first()
             .copied()
             .unwrap_or_default();

@@ -102,8 +102,38 @@ impl Groups {
         self.text.reserve(bytes);
     }
 
+    /// Groups of at most `size` notifications whose record ids and payloads are in `text`
+    /// already, added with [`Groups::push_written`]: no copy of them.
+    pub fn over(size: usize, text: String) -> Groups {
+        Groups {
+            text,
+            ..Groups::new(size)
+        }
+    }
+
+    /// The text buffer, for its memory to be used again.
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
     /// Adds a notification of `message_id` to that message's open group, or a new one.
     pub fn push(&mut self, message_id: i64, record_id: &str, payload: &str) {
+        let start = self.text.len();
+        self.text.push_str(record_id);
+        let payload_start = self.text.len();
+        self.text.push_str(payload);
+        self.push_written(message_id, start, payload_start, self.text.len());
+    }
+
+    /// Adds a notification of `message_id` whose record id is `start..payload_start` of the
+    /// text and its payload `payload_start..end`.
+    pub fn push_written(
+        &mut self,
+        message_id: i64,
+        start: usize,
+        payload_start: usize,
+        end: usize,
+    ) {
         // A message's open group is its latest one, among the last groups of as many messages
         // as are interleaved: found from the end in a step or two, without a map to build.
         let open = self.groups.iter().rposition(|g| g.message_id == message_id);
@@ -118,14 +148,10 @@ impl Groups {
                 self.groups.len() - 1
             }
         };
-        let start = self.text.len();
-        self.text.push_str(record_id);
-        let payload_start = self.text.len();
-        self.text.push_str(payload);
         self.groups[index].notifications.push(Texts {
             start,
             payload_start,
-            end: self.text.len(),
+            end,
         });
     }
 
@@ -216,12 +242,12 @@ fn with_kept_plan<'conn, R>(
 }
 
 /// Writes `groups`, one queue row each; returns the rows' ids.
-pub fn write_groups(groups: Groups) -> Result<Vec<i64>> {
+pub fn write_groups(groups: &Groups) -> Result<Vec<i64>> {
     if groups.is_empty() {
         return Ok(Vec::new());
     }
     wake::after_commit();
-    crate::queue_insert::insert(&groups)
+    crate::queue_insert::insert(groups)
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.

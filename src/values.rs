@@ -156,7 +156,8 @@ pub fn write_timestamp(out: &mut String, micros: i64, utc: bool) -> bool {
         put_digits(&mut text[17..19], millis / 1000 % 60);
         put_digits(&mut text[20..23], millis % 1000);
         let length = if utc { text.len() } else { text.len() - 1 };
-        out.push_str(std::str::from_utf8(&text[..length]).unwrap_or_default());
+        // SAFETY: ASCII digits and separators only.
+        out.push_str(unsafe { std::str::from_utf8_unchecked(&text[..length]) });
         return true;
     }
     write_civil_date(out, days);
@@ -253,7 +254,12 @@ mod tests {
     fn decimal(negative: bool, weight: i32, dscale: u32, digits: &[u16]) -> String {
         let bytes: Vec<u8> = digits.iter().flat_map(|d| d.to_ne_bytes()).collect();
         let mut out = String::new();
-        let value = Decimal { negative, weight, dscale, digits: &bytes };
+        let value = Decimal {
+            negative,
+            weight,
+            dscale,
+            digits: &bytes,
+        };
         write_decimal(&mut out, &value);
         out
     }
