@@ -114,9 +114,9 @@ pub fn owner() -> pg_sys::Oid {
 /// payload, and returns the record id's length. Runs inside the capture trigger.
 pub fn add(message_id: i64, render: impl FnOnce(&mut String) -> Result<usize>) -> Result<()> {
     register_callbacks();
-    // Rendered in place: a value's output function cannot capture (it runs no statement), so
-    // nothing else wants the text meanwhile. What an ERROR interrupted stays unreferenced
-    // until the buffer empties.
+    // Rendered in place. Output functions (C) run no statements as a rule; one that did, and
+    // so captured again, would fail on the borrowed buffer with an error, not write into it.
+    // What an ERROR interrupted stays unreferenced until the buffer empties.
     let (start, payload_start, end) = TEXT.with_borrow_mut(|text| {
         let start = text.len();
         match render(text) {
@@ -174,6 +174,11 @@ pub fn forget_message(message_id: i64) {
 /// to `take` with its record id and payload. The rest stay, their text moved together, and the
 /// buffer keeps its memory for the next statement (up to [`KEPT_TEXT`] of text).
 fn take_out(mut due: impl FnMut(&Pending) -> bool, mut take: impl FnMut(&Pending, &str, &str)) {
+    // Subtransactions end often (a PL/pgSQL block with EXCEPTION is one each time): when none of
+    // what waits is theirs, nothing is copied.
+    if BUFFER.with_borrow(|buffer| !buffer.is_empty() && !buffer.iter().any(&mut due)) {
+        return;
+    }
     BUFFER.with_borrow_mut(|buffer| {
         TEXT.with_borrow_mut(|text| {
             let mut kept = String::new();
