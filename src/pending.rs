@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use pgrx::prelude::*;
 
 use crate::error::Result;
+use crate::queue::TextAt;
 use crate::{guc, queue, roles, unguarded};
 
 /// Written to the queue from the row trigger once this many notifications wait: few enough
@@ -27,9 +28,7 @@ const FLUSH_AT: usize = 1_000;
 struct Pending {
     message_id: i64,
     /// Where its record id and then its payload sit in [`TEXT`].
-    start: usize,
-    payload_start: usize,
-    end: usize,
+    text: TextAt,
     /// Subtransaction that captured it: dropped if that subtransaction rolls back.
     subtransaction: pg_sys::SubTransactionId,
     /// How deep in nested statements' `ExecutorFinish` it was captured (0: outside any).
@@ -117,10 +116,14 @@ pub fn add(message_id: i64, render: impl FnOnce(&mut String) -> Result<usize>) -
     // Rendered in place. Output functions (C) run no statements as a rule; one that did, and
     // so captured again, would fail on the borrowed buffer with an error, not write into it.
     // What an ERROR interrupted stays unreferenced until the buffer empties.
-    let (start, payload_start, end) = TEXT.with_borrow_mut(|text| {
+    let at = TEXT.with_borrow_mut(|text| {
         let start = text.len();
         match render(text) {
-            Ok(key_length) => Ok((start, start + key_length, text.len())),
+            Ok(key_length) => Ok(TextAt {
+                start,
+                payload_start: start + key_length,
+                end: text.len(),
+            }),
             Err(err) => {
                 text.truncate(start);
                 Err(err)
@@ -133,9 +136,7 @@ pub fn add(message_id: i64, render: impl FnOnce(&mut String) -> Result<usize>) -
     let len = BUFFER.with_borrow_mut(|buffer| {
         buffer.push(Pending {
             message_id,
-            start,
-            payload_start,
-            end,
+            text: at,
             subtransaction,
             depth,
         });
@@ -183,18 +184,18 @@ fn take_out(mut due: impl FnMut(&Pending) -> bool, mut take: impl FnMut(&Pending
         TEXT.with_borrow_mut(|text| {
             let mut kept = String::new();
             buffer.retain_mut(|p| {
+                let at = p.text;
                 if due(p) {
-                    take(
-                        p,
-                        &text[p.start..p.payload_start],
-                        &text[p.payload_start..p.end],
-                    );
+                    take(p, at.record_id(text), at.payload(text));
                     return false;
                 }
                 let start = kept.len();
-                kept.push_str(&text[p.start..p.end]);
-                (p.payload_start, p.end) = (start + p.payload_start - p.start, kept.len());
-                p.start = start;
+                kept.push_str(&text[at.start..at.end]);
+                p.text = TextAt {
+                    start,
+                    payload_start: start + (at.payload_start - at.start),
+                    end: kept.len(),
+                };
                 true
             });
             if kept.is_empty() {
@@ -231,7 +232,7 @@ fn flush(depth: u32) -> Result<()> {
         let mut groups = queue::Groups::over(size, TEXT.take());
         BUFFER.with_borrow_mut(|buffer| {
             for p in buffer.drain(..) {
-                groups.push_written(p.message_id, p.start, p.payload_start, p.end);
+                groups.push_written(p.message_id, p.text);
             }
         });
         DEEPEST.set(0);

@@ -65,17 +65,28 @@ pub struct Groups {
 }
 
 /// One group: a message, and where its notifications' texts sit in the groups' buffer.
-pub struct Group {
-    pub message_id: i64,
-    notifications: Vec<Texts>,
+struct Group {
+    message_id: i64,
+    notifications: Vec<TextAt>,
 }
 
-/// Where a notification's record id and then its payload sit, one after the other.
+/// Where a notification's record id and then its payload sit in a text buffer, one after the
+/// other.
 #[derive(Clone, Copy)]
-struct Texts {
-    start: usize,
-    payload_start: usize,
-    end: usize,
+pub struct TextAt {
+    pub start: usize,
+    pub payload_start: usize,
+    pub end: usize,
+}
+
+impl TextAt {
+    pub fn record_id(self, text: &str) -> &str {
+        &text[self.start..self.payload_start]
+    }
+
+    pub fn payload(self, text: &str) -> &str {
+        &text[self.payload_start..self.end]
+    }
 }
 
 impl Groups {
@@ -122,18 +133,19 @@ impl Groups {
         self.text.push_str(record_id);
         let payload_start = self.text.len();
         self.text.push_str(payload);
-        self.push_written(message_id, start, payload_start, self.text.len());
+        let end = self.text.len();
+        self.push_written(
+            message_id,
+            TextAt {
+                start,
+                payload_start,
+                end,
+            },
+        );
     }
 
-    /// Adds a notification of `message_id` whose record id is `start..payload_start` of the
-    /// text and its payload `payload_start..end`.
-    pub fn push_written(
-        &mut self,
-        message_id: i64,
-        start: usize,
-        payload_start: usize,
-        end: usize,
-    ) {
+    /// Adds a notification of `message_id` whose texts are `at` in the text.
+    pub fn push_written(&mut self, message_id: i64, at: TextAt) {
         // A message's open group is its latest one, among the last groups of as many messages
         // as are interleaved: found from the end in a step or two, without a map to build.
         let open = self.groups.iter().rposition(|g| g.message_id == message_id);
@@ -148,11 +160,7 @@ impl Groups {
                 self.groups.len() - 1
             }
         };
-        self.groups[index].notifications.push(Texts {
-            start,
-            payload_start,
-            end,
-        });
+        self.groups[index].notifications.push(at);
     }
 
     /// Each group, with its notifications' record ids and payloads.
@@ -186,7 +194,7 @@ impl<'a> GroupTexts<'a> {
         self.group
             .notifications
             .iter()
-            .map(move |n| &text[n.start..n.payload_start])
+            .map(move |at| at.record_id(text))
     }
 
     pub fn payloads(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
@@ -194,7 +202,7 @@ impl<'a> GroupTexts<'a> {
         self.group
             .notifications
             .iter()
-            .map(move |n| &text[n.payload_start..n.end])
+            .map(move |at| at.payload(text))
     }
 }
 
