@@ -198,14 +198,11 @@ fn take_out(mut due: impl FnMut(&Pending) -> bool, mut take: impl FnMut(&Pending
                 };
                 true
             });
-            if kept.is_empty() {
-                text.clear();
-                if text.capacity() > KEPT_TEXT {
-                    *text = String::new();
-                }
+            *text = if kept.is_empty() {
+                emptied(std::mem::take(text))
             } else {
-                *text = kept;
-            }
+                kept
+            };
         });
         DEEPEST.set(buffer.iter().map(|p| p.depth).max().unwrap_or(0));
     })
@@ -214,6 +211,15 @@ fn take_out(mut due: impl FnMut(&Pending) -> bool, mut take: impl FnMut(&Pending
 /// Most text capacity the buffer keeps once empty: what a statement of a few thousand rows
 /// needs, not what a large COPY once did.
 const KEPT_TEXT: usize = 1 << 20;
+
+/// `text` emptied, its memory kept for the buffer if not more than [`KEPT_TEXT`].
+fn emptied(mut text: String) -> String {
+    text.clear();
+    if text.capacity() > KEPT_TEXT {
+        return String::new();
+    }
+    text
+}
 
 /// Forgets the waiting notifications `forgotten` accepts.
 fn forget(forgotten: impl FnMut(&Pending) -> bool) {
@@ -250,10 +256,9 @@ fn flush(depth: u32) -> Result<()> {
     }
     let written = roles::run_as(OWNER.get(), || queue::write_groups(&groups));
     // Its memory serves the next statement's notifications.
-    let mut text = groups.into_text();
-    text.clear();
+    let text = emptied(groups.into_text());
     TEXT.with_borrow_mut(|kept| {
-        if kept.is_empty() && kept.capacity() < text.capacity() && text.capacity() <= KEPT_TEXT {
+        if kept.is_empty() && kept.capacity() < text.capacity() {
             *kept = text;
         }
     });

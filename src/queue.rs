@@ -190,19 +190,23 @@ impl<'a> GroupTexts<'a> {
     }
 
     pub fn record_ids(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
-        let text = self.text;
-        self.group
-            .notifications
-            .iter()
-            .map(move |at| at.record_id(text))
+        self.each(TextAt::record_id)
     }
 
     pub fn payloads(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
+        self.each(TextAt::payload)
+    }
+
+    /// `part` of each notification's text.
+    fn each(
+        &self,
+        part: fn(TextAt, &'a str) -> &'a str,
+    ) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
         let text = self.text;
         self.group
             .notifications
             .iter()
-            .map(move |at| at.payload(text))
+            .map(move |&at| part(at, text))
     }
 }
 
@@ -322,7 +326,7 @@ impl ClaimLimits<'_> {
 /// large its backlog (a scan in due order would wade through all of it to find other messages'
 /// groups), and no claim reads more groups than it could take.
 pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
-    let new_groups: Vec<pg_sys::ItemPointerData> = new_groups.iter().map(|&a| tid_at(a)).collect();
+    let new_groups = tids_at(new_groups);
     let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
         limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
@@ -423,7 +427,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
 /// rows are, claims most of them from there. Returns the addresses of new groups another
 /// transaction has locked, to be tried again.
 pub fn admit(addresses: &[u64]) -> Result<Vec<u64>> {
-    let tids: Vec<pg_sys::ItemPointerData> = addresses.iter().map(|&a| tid_at(a)).collect();
+    let tids = tids_at(addresses);
     Spi::connect_mut(|client| {
         let rows = kept_update(
             &ADMIT,
@@ -458,7 +462,7 @@ pub struct NewGroup {
 
 /// Those of the groups at `addresses` that are still new (no claim took them).
 pub fn still_new(addresses: &[u64]) -> Result<Vec<NewGroup>> {
-    let tids: Vec<pg_sys::ItemPointerData> = addresses.iter().map(|&a| tid_at(a)).collect();
+    let tids = tids_at(addresses);
     Spi::connect(|client| {
         client
             .select(
@@ -506,6 +510,11 @@ fn tid_at(address: u64) -> pg_sys::ItemPointerData {
     let mut tid = pg_sys::ItemPointerData::default();
     pgrx::itemptr::item_pointer_set_all(&mut tid, (address >> 16) as u32, address as u16);
     tid
+}
+
+/// The row addresses `addresses` as ctids, a query argument.
+fn tids_at(addresses: &[u64]) -> Vec<pg_sys::ItemPointerData> {
+    addresses.iter().map(|&address| tid_at(address)).collect()
 }
 
 /// What a committing transaction tells its worker of a new group: its address, and in the top

@@ -171,38 +171,38 @@ impl Encoder {
     }
 }
 
-/// The text of a `text` datum stored as it is (neither compressed nor out of line), read in
-/// place; `None` for any other (detoasted by pgrx instead), or when the database's encoding is
-/// not UTF-8. pgrx's own path makes a guarded call per value even when there is nothing to
-/// detoast.
+/// The bytes of a varlena datum stored as it is (neither compressed nor out of line), read in
+/// place; `None` for any other.
+///
+/// # Safety
+/// `datum` must be a non-NULL varlena datum.
+unsafe fn stored_bytes<'a>(datum: pg_sys::Datum) -> Option<&'a [u8]> {
+    let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: as the caller guarantees; only a value stored in place is read, within its size.
+    unsafe {
+        if pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena) {
+            return None;
+        }
+        Some(pgrx::varlena::varlena_to_byte_slice(varlena))
+    }
+}
+
+/// The text of a `text` datum of a UTF-8 database (the only one [`Kind::Text`] is chosen for)
+/// stored as it is, read in place; `None` for any other (detoasted by pgrx instead). pgrx's own
+/// path makes a guarded call per value even when there is nothing to detoast.
 ///
 /// # Safety
 /// `datum` must be a non-NULL `text` (or other varlena) datum.
 unsafe fn stored_text<'a>(datum: pg_sys::Datum) -> Option<&'a str> {
-    thread_local! {
-        static UTF8: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
-    }
-    // SAFETY: reads the database's encoding.
-    let utf8 = UTF8.with(|utf8| {
-        *utf8.get_or_init(
-            || unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32,
-        )
-    });
-    let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
-    // SAFETY: as the caller guarantees; only a value stored in place is read.
-    unsafe {
-        if !utf8 || pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena)
-        {
-            return None;
-        }
-        let bytes = pgrx::varlena::varlena_to_byte_slice(varlena);
-        // Most values are ASCII, which a short test shows; std's validation cost ~130
-        // instructions for a ten-byte value.
-        if bytes.is_ascii() {
-            Some(std::str::from_utf8_unchecked(bytes))
-        } else {
-            std::str::from_utf8(bytes).ok()
-        }
+    // SAFETY: as the caller guarantees.
+    let bytes = unsafe { stored_bytes(datum) }?;
+    // Most values are ASCII, which a short test shows; std's validation cost ~130
+    // instructions for a ten-byte value.
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
     }
 }
 
@@ -231,14 +231,8 @@ unsafe fn stored_numeric<'a>(datum: pg_sys::Datum) -> Option<Numeric<'a>> {
     const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
     const SHORT_WEIGHT_MASK: u16 = 0x003F;
     const DSCALE_MASK: u16 = 0x3FFF;
-    let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
-    // SAFETY: as the caller guarantees; only a value stored in place is read, within its size.
-    let data = unsafe {
-        if pgrx::varlena::varatt_is_1b_e(varlena) || pgrx::varlena::varatt_is_4b_c(varlena) {
-            return None;
-        }
-        pgrx::varlena::varlena_to_byte_slice(varlena)
-    };
+    // SAFETY: as the caller guarantees.
+    let data = unsafe { stored_bytes(datum) }?;
     let word = |at: usize| Some(u16::from_ne_bytes([*data.get(at)?, *data.get(at + 1)?]));
     let header = word(0)?;
     Some(match header & SIGN_MASK {

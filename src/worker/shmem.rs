@@ -116,6 +116,13 @@ struct Shared {
     slots: [Slot; MAX_DATABASES],
 }
 
+impl Shared {
+    /// The slot of `database`, if it has one.
+    fn slot(&self, database: pg_sys::Oid) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.database == database.to_u32())
+    }
+}
+
 impl Default for Shared {
     fn default() -> Self {
         Shared {
@@ -167,10 +174,7 @@ pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
     // yet sweeps the queue when it starts: the rows need not be kept for it.
     let settled = {
         let shared = SHARED.share();
-        let slot = shared
-            .slots
-            .iter()
-            .find(|s| s.database == database.to_u32());
+        let slot = shared.slot(database);
         if let Some(slot) = slot.filter(|s| s.latch != 0) {
             slot.fresh.add(fresh_rows);
         }
@@ -275,23 +279,16 @@ pub fn rows_prepared(database: pg_sys::Oid) {
     if !available() {
         return;
     }
-    let shared = SHARED.share();
-    if let Some(slot) = shared
-        .slots
-        .iter()
-        .find(|s| s.database == database.to_u32())
-    {
+    if let Some(slot) = SHARED.share().slot(database) {
         slot.fresh.prepared.store(true, Ordering::SeqCst);
     }
 }
 
 /// Takes the mark of [`rows_prepared`]: whether a prepared transaction wrote rows since.
 pub fn take_prepared(database: pg_sys::Oid) -> bool {
-    let shared = SHARED.share();
-    shared
-        .slots
-        .iter()
-        .find(|s| s.database == database.to_u32())
+    SHARED
+        .share()
+        .slot(database)
         .is_some_and(|s| s.fresh.prepared.swap(false, Ordering::SeqCst))
 }
 
@@ -330,9 +327,5 @@ pub fn stop_worker(database: pg_sys::Oid) -> Option<i32> {
 
 /// Whether a worker still runs for `database`.
 pub fn worker_running(database: pg_sys::Oid) -> bool {
-    SHARED
-        .share()
-        .slots
-        .iter()
-        .any(|s| s.database == database.to_u32() && s.pid != 0)
+    SHARED.share().slot(database).is_some_and(|s| s.pid != 0)
 }
