@@ -45,7 +45,7 @@ pub struct Deliverer {
     identities: HashMap<String, (String, Arc<Identity>)>,
     /// Groups claimed since the worker last vacuumed the queue: each leaves dead row versions.
     claimed_since_vacuum: usize,
-    /// New groups to move into the due index before claiming.
+    /// New groups (in no index) the worker knows of or still has to find, offered to claims.
     new_groups: NewGroupsFound,
 }
 
@@ -170,16 +170,15 @@ impl Deliverer {
         };
         let known = self.derived_organization_id.clone();
         let prepared_since = shmem::take_prepared(database);
-        let found = &self.new_groups;
+        let found = &mut self.new_groups;
         let claimed = super::transaction(|| {
             if !extension_installed() {
                 return None;
             }
             let derived = known.unwrap_or_else(derived_organization_id);
-            let found = &match queue::storage() {
-                Ok(storage) => found.in_storage(storage),
-                Err(_) => found.clone(),
-            };
+            if let Ok(storage) = queue::storage() {
+                found.set_storage(storage);
+            }
             let offered = found.offer(limits.total);
             let batches = queue::claim(&limits, &offered).unwrap_or_else(|err| {
                 warning!(
@@ -188,8 +187,9 @@ impl Deliverer {
                 );
                 Vec::new()
             });
+            let excluded = limits.excluded();
             let new_groups = found
-                .after_claim(offered.len(), &limits.excluded(), prepared_since)
+                .after_claim(offered.len(), &excluded, prepared_since)
                 .unwrap_or_else(|err| {
                     warning!(
                         "outbound_msg: could not index new notifications: {}",
@@ -197,7 +197,7 @@ impl Deliverer {
                     );
                     found.kept_after_failure(prepared_since)
                 });
-            let next_due = queue::next_due(limits.excluded()).ok().flatten();
+            let next_due = queue::next_due(excluded).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
             let analyze =

@@ -62,16 +62,15 @@ impl NewGroupsFound {
         }
     }
 
-    /// What is known now that the queue's storage is `storage`: nothing listed holds when the
-    /// queue was rewritten since (VACUUM FULL moves every row), and a sweep finds them all.
-    pub fn in_storage(&self, storage: u32) -> NewGroupsFound {
-        let mut current = self.clone();
-        if current.storage != storage {
-            current.storage = storage;
-            current.listed.clear();
-            current.sweep_from = Some(0);
+    /// Notes that the queue's storage is `storage` (committed: read under a lock that waits for
+    /// a rewrite): nothing listed holds when the queue was rewritten since (VACUUM FULL moves
+    /// every row), and a sweep finds them all.
+    pub fn set_storage(&mut self, storage: u32) {
+        if self.storage != storage {
+            self.storage = storage;
+            self.listed.clear();
+            self.sweep_from = Some(0);
         }
-        current
     }
 
     /// Adds what committing transactions announced since the worker's last claim. Past
