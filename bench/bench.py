@@ -400,9 +400,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the throughput burst")
-    # One statement's time here falls in two bands, about 1.6 times apart (the machine's state,
-    # for every table alike: plain ranged 129 to 225 ms in one run); with 9 rounds each table
-    # meets the faster band at least once but once in hundreds of runs, with 5 once in 20.
+    # One statement's time varies up to twofold here, for every table alike and with fsync off
+    # as much as on (the plain table's took 105 to 209 ms in 18 rounds): the best of many
+    # interleaved rounds finds each table's own time.
     parser.add_argument("--bulk-rounds", type=int, default=15)
     parser.add_argument("--oltp-rounds", type=int, default=3)
     parser.add_argument("--oltp-seconds", type=int, default=20)

@@ -61,8 +61,9 @@ CREATE TABLE outbound_msg.queue (
 -- Claims read each message's groups in order of due time, and only of messages that may take
 -- more: a message whose connections are all busy costs a claim nothing, whatever its backlog.
 -- New groups are not in it: an index entry was a third of what capturing a single-row change
--- cost. The committing transaction tells the worker where its rows are, the worker moves them
--- into the index (state 'queued'), and claims them from there (src/worker/wake.rs). Rows go
+-- cost. The committing transaction tells the worker where its rows are, and a claim takes them
+-- at those addresses; only those a claim leaves while their message's connections are busy go
+-- into the index (state 'queued') to wait (src/worker/wake.rs, src/worker/fresh.rs). Rows go
 -- into the queue without the executor (src/queue_insert.rs), which would plan this predicate
 -- for every INSERT statement. Expired groups stay in it: their next_attempt_at is 'infinity',
 -- after every due one.
