@@ -630,6 +630,17 @@ mod tests {
                 ],
             );
             assert_eq!(same, Ok(Some(true)), "{items:?}");
+            // Byte for byte, padding included (a palloc'd array must zero it itself).
+            let theirs = items.clone().into_datum().unwrap();
+            // SAFETY: both are text[] datums with 4-byte headers, in the current memory context.
+            let bytes = |datum: pg_sys::Datum| unsafe {
+                let varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
+                std::slice::from_raw_parts(
+                    varlena as *const u8,
+                    pgrx::varlena::varsize_any(varlena),
+                )
+            };
+            assert_eq!(bytes(ours), bytes(theirs), "{items:?}");
         }
     }
 
