@@ -111,12 +111,14 @@ impl RowPlan {
     }
 }
 
+/// A table's OID and its prepared messages.
+type CachedTable = (u32, Rc<Vec<Prepared>>);
+
 thread_local! {
     /// Definitions by table, valid while the generation they were read at is current. A list:
     /// a backend captures changes to a few tables, and hashing the OID (SipHash) cost more per
     /// row than comparing it with each.
-    static CACHE: RefCell<(u64, Vec<(u32, Rc<Vec<Prepared>>)>)> =
-        const { RefCell::new((0, Vec::new())) };
+    static CACHE: RefCell<(u64, Vec<CachedTable>)> = const { RefCell::new((0, Vec::new())) };
     /// Bumped when definitions may have changed: by this backend's catalog writes at once,
     /// and by invalidations (another backend's committed definitions, GRANT, REVOKE, policies,
     /// role changes), which PostgreSQL delivers to every backend.

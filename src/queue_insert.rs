@@ -502,7 +502,7 @@ unsafe fn text_array<'a>(items: impl Iterator<Item = &'a str> + Clone) -> pg_sys
     const HEADER: usize = size_of::<pg_sys::ArrayType>() + 2 * size_of::<i32>();
     let overhead = HEADER.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
     let element = |item: &str| (pg_sys::VARHDRSZ + item.len()).next_multiple_of(4);
-    let (count, data_size) = items.clone().fold((0, 0), |(count, size), item| {
+    let (count, data_size) = items.clone().fold((0usize, 0), |(count, size), item| {
         (count + 1, size + element(item))
     });
     if count == 0 {
