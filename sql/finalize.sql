@@ -5,10 +5,11 @@
 -- every row): it reads the definitions and evaluates criteria as the extension's owner, reads
 -- rows as each message's send-as role, and the queue is written as the owner.
 
--- Hides the password of credentials in a URL (scheme://user:password@host).
+-- Hides the password of credentials in a URL (scheme://user:password@host): everything from
+-- the first colon of the authority to its last @, as src/secrets.rs masks them.
 CREATE FUNCTION outbound_msg.mask_credentials(url text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
-RETURN regexp_replace(url, '^([^:/]+://[^/@:]*):[^/@]*@', '\1:********@');
+RETURN pg_catalog.regexp_replace(url, '^([^:/?#]+://[^/?#@:]*):[^/?#]*@', '\1:********@');
 COMMENT ON FUNCTION outbound_msg.mask_credentials(text) IS
     'The URL with the password of its credentials replaced by ********';
 
@@ -95,15 +96,45 @@ SELECT c.name,
 COMMENT ON VIEW outbound_msg.client_certificates IS
     'Imported client certificates (never their private keys) and the messages that present them';
 
+-- Raises the error of a DDL command that would drop or rename a sent column.
+CREATE FUNCTION outbound_msg.refuse_sent_column_change(column_name text, table_name text,
+                                                       unique_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'column "%" of table % is sent by outbound message "%"',
+                    column_name, table_name, unique_name
+          USING ERRCODE = 'dependent_objects_still_exist',
+                HINT = 'Remove it from the message''s fields (outbound_msg.alter_message) or drop the message first.';
+END
+$$;
+COMMENT ON FUNCTION outbound_msg.refuse_sent_column_change(text, text, text) IS
+    'Raises the error of DDL that would drop or rename a column an outbound message sends';
+
 -- DDL that would break a definition. A dropped table takes its messages and their queued
 -- notifications with it; dropping or renaming a sent column, or changing the primary key that
 -- supplies the record Id, is refused while a message uses it.
 CREATE FUNCTION outbound_msg.forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    broken record;
 BEGIN
     -- DROP EXTENSION removes these tables too: nothing to forget then.
     IF to_regclass('outbound_msg.message') IS NULL THEN
         RETURN;
+    END IF;
+    -- A column dropped on its own (or with a type or domain dropped CASCADE) that a message
+    -- sends: refused, as ALTER TABLE ... DROP COLUMN is (check_altered_tables).
+    SELECT m.unique_name, m.object::text AS table_name,
+           d.address_names[array_length(d.address_names, 1)] AS column_name
+      INTO broken
+      FROM pg_event_trigger_dropped_objects() d
+      JOIN outbound_msg.message m ON m.object = d.objid
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
+       AND d.address_names[array_length(d.address_names, 1)] = ANY (m.fields || m.key_column::text)
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM outbound_msg.refuse_sent_column_change(broken.column_name, broken.table_name,
+                                                       broken.unique_name);
     END IF;
     WITH dropped AS (
         DELETE FROM outbound_msg.message m
@@ -137,10 +168,23 @@ BEGIN
                           AND a.attnum > 0 AND NOT a.attisdropped)
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'column "%" of table % is sent by outbound message "%"',
-                        broken.column_name, broken.table_name, broken.unique_name
+        PERFORM outbound_msg.refuse_sent_column_change(broken.column_name, broken.table_name,
+                                                       broken.unique_name);
+    END IF;
+    -- A table renamed (or moved) to a name that cannot be an XML type name: its messages'
+    -- sObject type and WSDL are named after it.
+    SELECT m.unique_name, m.object::text AS table_name, c.relname::text AS relname
+      INTO broken
+      FROM pg_event_trigger_ddl_commands() e
+      JOIN outbound_msg.message m ON m.object = e.objid
+      JOIN pg_class c ON c.oid = m.object
+     WHERE e.classid = 'pg_class'::regclass AND NOT outbound_msg.is_xml_name(c.relname)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'table % is the sObject type of outbound message "%": "%" is not an XML name',
+                        broken.table_name, broken.unique_name, broken.relname
               USING ERRCODE = 'dependent_objects_still_exist',
-                    HINT = 'Remove it from the message''s fields (outbound_msg.alter_message) or drop the message first.';
+                    HINT = 'Choose a name of letters, digits, ''_'', ''-'' and ''.'' that begins with a letter or ''_'', or drop the message first.';
     END IF;
     SELECT m.unique_name, m.object::text AS table_name, m.key_column::text AS column_name
       INTO broken
@@ -174,6 +218,9 @@ CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbound_msg FROM PUBLIC;
 -- Serve this database from the commit of CREATE EXTENSION on, without a restart.
 SELECT outbound_msg.wake_worker();
+
+COMMENT ON FUNCTION outbound_msg.is_xml_name(text) IS
+    'Whether a table or column name can name an XML element or type';
 
 -- Pure helpers the views use: harmless, so the views work for whoever may read them.
 GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint)

@@ -30,8 +30,8 @@ fn wake_worker() {
 /// returns how many notifications were rescheduled (0 if in flight).
 #[pg_extern(name = "retry")]
 fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| {
-        let id = existing_notification(client, notification_id)?;
+    roles::api_call(|client, caller| {
+        let id = existing_notification(client, notification_id, caller)?;
         queue::retry(client, Selection::One(id))
     })
 }
@@ -39,23 +39,24 @@ fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
 /// Makes every notification of a message due now, expired ones included; returns how many.
 #[pg_extern(name = "retry")]
 fn retry_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| {
-        let message_id = catalog::message_id(client, object, unique_name)?;
+    roles::api_call(|client, caller| {
+        let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
         queue::retry(client, Selection::Message(message_id))
     })
 }
 
-/// Makes every expired notification due again; returns how many.
+/// Makes every expired notification due again (of protected messages only for a superuser);
+/// returns how many.
 #[pg_extern]
 fn retry_expired() -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| queue::retry(client, Selection::Expired))
+    roles::api_call(|client, caller| queue::retry(client, expired(caller)))
 }
 
 /// Deletes one notification (by its 18-character Id) without sending it; returns 1.
 #[pg_extern(name = "discard")]
 fn discard_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| {
-        let id = existing_notification(client, notification_id)?;
+    roles::api_call(|client, caller| {
+        let id = existing_notification(client, notification_id, caller)?;
         queue::discard(client, Selection::One(id))
     })
 }
@@ -63,20 +64,33 @@ fn discard_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
 /// Deletes every queued or expired notification of a message; returns how many.
 #[pg_extern(name = "discard")]
 fn discard_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| {
-        let message_id = catalog::message_id(client, object, unique_name)?;
+    roles::api_call(|client, caller| {
+        let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
         queue::discard(client, Selection::Message(message_id))
     })
 }
 
-/// Deletes every expired notification; returns how many.
+/// Deletes every expired notification (of protected messages only for a superuser); returns
+/// how many.
 #[pg_extern]
 fn discard_expired() -> std::result::Result<i64, ErrorReport> {
-    roles::api_call(|client, _| queue::discard(client, Selection::Expired))
+    roles::api_call(|client, caller| queue::discard(client, expired(caller)))
 }
 
-/// The number of a notification Id that is queued, or 22023 / 42704.
-fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<u64> {
+/// Every expired notification `caller` may act on: a protected message's only for a superuser.
+fn expired(caller: pg_sys::Oid) -> Selection {
+    Selection::Expired {
+        protected_too: roles::is_superuser(caller),
+    }
+}
+
+/// The number of a notification Id that is queued, or 22023 / 42704; 42501 when it belongs to
+/// a protected message and `caller` is not a superuser.
+fn existing_notification(
+    client: &SpiClient,
+    notification_id: &str,
+    caller: pg_sys::Oid,
+) -> Result<u64> {
     let number = number_of(NOTIFICATION_PREFIX, notification_id)
         .filter(|n| i64::try_from(*n).is_ok())
         .ok_or_else(|| {
@@ -86,12 +100,13 @@ fn existing_notification(client: &SpiClient, notification_id: &str) -> Result<u6
             )
             .with_hint("Notification Ids are the 18-character Ids of outbound_msg.delivery_status.")
         })?;
-    if !queue::notification_exists(client, number)? {
+    let Some(message_id) = queue::message_of_notification(client, number)? else {
         return Err(Error::new(
             Kind::UndefinedObject,
             format!("notification \"{notification_id}\" does not exist"),
         )
         .with_detail("It was delivered or discarded."));
-    }
+    };
+    catalog::refuse_if_protected_id(client, message_id, caller)?;
     Ok(number)
 }

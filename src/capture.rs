@@ -102,9 +102,16 @@ impl RowPlan {
         for column in &self.fields {
             if let Some(datum) = row.datum(column) {
                 // SAFETY: a non-NULL datum of the column's type.
-                fields.add(&column.tags, |out| unsafe {
+                let added = fields.add(&column.tags, |out| unsafe {
                     column.encoder.write(datum, out, true)
                 });
+                if added == soap::Added::TooLarge {
+                    warning!(
+                        "outbound_msg: column \"{}\" is left out of a notification: with it, the notification would be over {} MiB",
+                        column.name,
+                        soap::NOTIFICATION_BYTES >> 20
+                    );
+                }
             }
         }
         Ok(key_end - start)
@@ -208,7 +215,7 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
     // The trigger runs as whoever changed the row, who may not read the definitions: they
     // are read as the extension's owner, who also writes the queue.
     let owner = roles::extension_owner();
-    let messages = roles::run_as(owner, || {
+    let messages = roles::run_sql_as_owner(owner, || {
         Spi::connect(|client| catalog::active_messages(client, relid))
     })?;
     DEFINITIONS_TABLE.set(catalog::definitions_table());
@@ -324,7 +331,7 @@ fn visible_to_send_as(
 ) -> crate::error::Result<bool> {
     let key = row.sql_text(&message.key_column)?.unwrap_or_default();
     // A read-write execution takes a new snapshot, which sees the row the statement wrote.
-    let visible = roles::run_as(message.send_as, || {
+    let visible = roles::run_sql_as(message.send_as, || {
         roles::with_row_security(|| client.update(query, Some(1), &[key.as_str().into()]))
     })?;
     Ok(!visible.is_empty())
@@ -346,10 +353,17 @@ fn row_by_key(table: &str, key_column: &str, key_type: &str, fields: &[String]) 
 fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::error::Result<bool> {
     let holds = |row: &Row| match &message.criteria {
         None => Ok(true),
-        // As the extension's owner, as when the criteria were checked at definition.
-        Some(text) => roles::run_as(pending::owner(), || {
+        // As the send-as role, never as the extension's owner: criteria may call functions of
+        // whoever defined the message, and run with no more privileges than what it sends.
+        Some(text) => roles::run_sql_as(message.send_as, || {
             Spi::connect(|_| {
-                criteria::holds(row.type_oid(), &message.table_alias, text, row.composite())
+                criteria::holds(
+                    row.type_oid(),
+                    &message.table_alias,
+                    text,
+                    row.composite(),
+                    &message.unique_name,
+                )
             })
         }),
     };
@@ -369,8 +383,8 @@ fn send(
     unique_name: &str,
     key: &str,
 ) -> std::result::Result<String, ErrorReport> {
-    roles::api_call(|client, _caller| {
-        let message = catalog::sendable(client, object, unique_name)?;
+    roles::api_call(|client, caller| {
+        let message = catalog::sendable(client, object, unique_name, caller)?;
         let fields = readable_fields(
             message.send_as,
             message.object,
@@ -388,7 +402,7 @@ fn send(
         })?;
         let key_type = key_type(client, object, &message.key_column)?;
         let query = row_by_key(&message.table, &message.key_column, &key_type, &fields);
-        let rows = roles::run_as(message.send_as, || {
+        let rows = roles::run_sql_as(message.send_as, || {
             roles::with_row_security(|| client.select(&query, Some(1), &[key.into()]))
         })?;
         if rows.is_empty() {

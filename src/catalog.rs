@@ -52,6 +52,8 @@ impl Evaluate {
 #[derive(Debug, Clone)]
 pub struct Capture {
     pub message_id: i64,
+    /// Named in the CONTEXT of an error its criteria raise.
+    pub unique_name: String,
     pub key_column: String,
     pub fields: Vec<String>,
     pub evaluate: Evaluate,
@@ -116,7 +118,7 @@ fn create_message(
         active,
     };
     roles::api_call(|client, caller| {
-        let checked = check(client, settings, None, caller)?;
+        let checked = check(client, settings, None, None, caller)?;
         let id = insert(client, &checked)?;
         install_trigger(client, &checked.table)?;
         Ok(id)
@@ -154,6 +156,7 @@ fn alter_message(
             ..
         } = find(client, object, unique_name)?;
         refuse_if_protected(&current, caller)?;
+        let stored_criteria = current.criteria.clone();
         let changed = Settings {
             object: current.object,
             name: name.map_or(current.name, str::to_string),
@@ -168,7 +171,13 @@ fn alter_message(
             client_certificate: optional(client_certificate, current.client_certificate),
             active: active.unwrap_or(current.active),
         };
-        let checked = check(client, changed, Some(id), caller)?;
+        let checked = check(
+            client,
+            changed,
+            Some(id),
+            stored_criteria.as_deref(),
+            caller,
+        )?;
         update(client, id, &checked)?;
         invalidate_definitions();
         Ok(())
@@ -266,6 +275,13 @@ fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, Erro
     })
 }
 
+/// Whether `name` can name an XML element or type: the DDL guard refuses renaming a table
+/// with messages to a name that cannot be its sObject type.
+#[pg_extern(immutable, parallel_safe)]
+fn is_xml_name(name: &str) -> bool {
+    validate::xml_name(name).is_ok()
+}
+
 /// The active messages of a table, for capture. A row trigger defined on a partitioned table
 /// fires on its partitions with the partition's OID, so the messages of every partition ancestor
 /// count too.
@@ -273,7 +289,7 @@ pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Cap
     let rows = client.select(
         "SELECT m.id, m.key_column::text, m.fields, m.evaluate, m.criteria, quote_ident(c.relname),
                 m.object::oid, m.object::text, m.send_as::oid,
-                format_type(a.atttypid, a.atttypmod)
+                format_type(a.atttypid, a.atttypmod), m.unique_name
            FROM outbound_msg.message m JOIN pg_catalog.pg_class c ON c.oid = m.object
            JOIN pg_catalog.pg_attribute a ON a.attrelid = m.object AND a.attname = m.key_column
           WHERE (m.object = $1 OR m.object IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)))
@@ -296,14 +312,40 @@ pub fn active_messages(client: &SpiClient, relid: pg_sys::Oid) -> Result<Vec<Cap
             table: row.get(8)?.unwrap_or_default(),
             send_as: row.get(9)?.unwrap_or(pg_sys::InvalidOid),
             key_type: row.get(10)?.unwrap_or_default(),
+            unique_name: row.get(11)?.unwrap_or_default(),
         });
     }
     Ok(messages)
 }
 
-/// The id of the message named `unique_name` on `object`, or 42704.
-pub fn message_id(client: &SpiClient, object: RegClass, unique_name: &str) -> Result<i64> {
-    Ok(find(client, object, unique_name)?.id)
+/// The id of the message named `unique_name` on `object`, or 42704; 42501 when it is protected
+/// and `caller` is not a superuser (its notifications are a superuser's to retry or discard).
+pub fn unprotected_message_id(
+    client: &SpiClient,
+    object: RegClass,
+    unique_name: &str,
+    caller: pg_sys::Oid,
+) -> Result<i64> {
+    let stored = find(client, object, unique_name)?;
+    refuse_if_protected(&stored.settings, caller)?;
+    Ok(stored.id)
+}
+
+/// Refuses (42501) when message `message_id` is protected and `caller` is not a superuser.
+pub fn refuse_if_protected_id(
+    client: &SpiClient,
+    message_id: i64,
+    caller: pg_sys::Oid,
+) -> Result<()> {
+    let rows = client.select(
+        "SELECT unique_name FROM outbound_msg.message WHERE id = $1 AND protected",
+        Some(1),
+        &[message_id.into()],
+    )?;
+    match rows.first().get_one::<String>() {
+        Ok(Some(unique_name)) if !roles::is_superuser(caller) => Err(protected(&unique_name)),
+        _ => Ok(()),
+    }
 }
 
 /// What `send` needs of a message: its id, send-as role, key column, fields and activity.
@@ -316,13 +358,20 @@ pub struct Sendable {
     pub table: String,
 }
 
-/// Looks a message up for an explicit send; refuses an inactive one.
-pub fn sendable(client: &SpiClient, object: RegClass, unique_name: &str) -> Result<Sendable> {
+/// Looks a message up for an explicit send by `caller`; refuses an inactive one, and a caller
+/// who is not a member of its send-as role (as defining it would).
+pub fn sendable(
+    client: &SpiClient,
+    object: RegClass,
+    unique_name: &str,
+    caller: pg_sys::Oid,
+) -> Result<Sendable> {
     let Stored {
         id,
         key_column,
         settings,
     } = find(client, object, unique_name)?;
+    check_send_as(client, settings.send_as, caller)?;
     if !settings.active {
         return Err(Error::new(
             Kind::ObjectNotInPrerequisiteState,
@@ -350,11 +399,13 @@ struct Checked {
 }
 
 /// Checks every setting (SPEC §1) with the caller's privileges. `id` is the message being
-/// altered, if any. Returns the settings with fields in sending (alphabetical) order.
+/// altered, if any, and `stored_criteria` its criteria as stored. Returns the settings with
+/// fields in sending (alphabetical) order and criteria in their resolved form.
 fn check(
     client: &SpiClient,
     mut settings: Settings,
     id: Option<i64>,
+    stored_criteria: Option<&str>,
     caller: pg_sys::Oid,
 ) -> Result<Checked> {
     let table = table_text(client, settings.object)?;
@@ -377,8 +428,12 @@ fn check(
     check_role_can_read(client, &settings, &table, &role, &key_column)?;
 
     let evaluate = Evaluate::parse(&settings.evaluate)?;
-    match &settings.criteria {
-        Some(text) => criteria::check(settings.object, text)?,
+    match settings.criteria.take() {
+        // Stored criteria were resolved when they were given: kept as they are.
+        Some(text) if stored_criteria == Some(text.as_str()) => settings.criteria = Some(text),
+        Some(text) => {
+            settings.criteria = Some(criteria::resolve(settings.object, &text, caller)?);
+        }
         None if evaluate == Evaluate::EditedToMeetCriteria => {
             return Err(invalid("evaluate edited_to_meet_criteria needs criteria")
                 .with_hint("Give criteria, or use created or created_or_edited."));
@@ -717,13 +772,19 @@ fn find(client: &SpiClient, object: RegClass, unique_name: &str) -> Result<Store
 /// A protected message can be altered, enabled, disabled or dropped by a superuser only.
 fn refuse_if_protected(settings: &Settings, caller: pg_sys::Oid) -> Result<()> {
     if settings.protected && !roles::is_superuser(caller) {
-        return Err(Error::new(
-            Kind::InsufficientPrivilege,
-            format!("outbound message \"{}\" is protected", settings.unique_name),
-        )
-        .with_hint("Only a superuser can change or drop a protected message."));
+        return Err(protected(&settings.unique_name));
     }
     Ok(())
+}
+
+fn protected(unique_name: &str) -> Error {
+    Error::new(
+        Kind::InsufficientPrivilege,
+        format!("outbound message \"{unique_name}\" is protected"),
+    )
+    .with_hint(
+        "Only a superuser can change or drop a protected message, or retry or discard its notifications.",
+    )
 }
 
 fn insert(client: &mut SpiClient, checked: &Checked) -> Result<i64> {
@@ -905,7 +966,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fields.unwrap(), vec!["x", "y"]);
-        assert_eq!(criteria.unwrap(), "y > 1");
+        assert_eq!(criteria.unwrap(), "(y > 1)");
         assert!(!one::<bool>("SELECT active FROM outbound_msg.message"));
         assert_eq!(
             one::<String>("SELECT name FROM outbound_msg.message"),

@@ -39,6 +39,10 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 /// Library entry point: settings always; the worker only when preloaded.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // No error of ours carries a Rust backtrace, whatever RUST_BACKTRACE the server's
+    // environment has: pgrx adds one to the DETAIL of every ERROR that crossed Rust code.
+    // SAFETY: _PG_init runs before this process starts any thread of ours.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     guc::init();
     secrets::install_log_filter();
     pending::install_hook();

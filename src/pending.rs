@@ -47,6 +47,9 @@ thread_local! {
     static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Statements whose `ExecutorFinish` is running, nested in one another.
     static FINISH_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// The statement depth at the start of each open subtransaction, innermost last.
+    static SUBTRANSACTION_DEPTHS: RefCell<Vec<(pg_sys::SubTransactionId, u32)>> =
+        const { RefCell::new(Vec::new()) };
     /// The deepest `depth` in the buffer (0 when empty): a statement finishing above it has
     /// nothing to write, known without reading the buffer (criteria run a query per row).
     static DEEPEST: Cell<u32> = const { Cell::new(0) };
@@ -62,39 +65,33 @@ pub fn install_hook() {
         PREVIOUS_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
         pg_sys::ExecutorFinish_hook = Some(executor_finish);
     }
+    register_callbacks();
 }
 
-/// Restores the depth when `ExecutorFinish` returns, also when it raises an ERROR.
-struct Depth(u32);
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        FINISH_DEPTH.set(self.0);
+/// Not guarded, so that an ERROR of the statement (a foreign key's check, say) passes through
+/// unchanged: nothing here may panic, and no frame of it needs dropping. The depth an ERROR
+/// leaves set is put back when its (sub)transaction aborts.
+unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    let outer = FINISH_DEPTH.get();
+    let depth = outer + 1;
+    FINISH_DEPTH.set(depth);
+    // SAFETY: the executor's own arguments, passed on unchanged.
+    unsafe {
+        PREVIOUS_EXECUTOR_FINISH.unwrap_or(unguarded::passing::standard_ExecutorFinish)(query)
+    };
+    FINISH_DEPTH.set(outer);
+    // The statement's AFTER triggers have run: write what they captured (rows captured by
+    // statements nested inside them were written when those finished).
+    if DEEPEST.get() >= depth {
+        // SAFETY: a guarded call of ours; its ERROR is the statement's.
+        unsafe { write_finished(depth) };
     }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
-    let outer = FINISH_DEPTH.get();
-    let depth = outer + 1;
-    {
-        let _restore = Depth(outer);
-        FINISH_DEPTH.set(depth);
-        // SAFETY: the executor's own arguments, passed on unchanged. An ERROR in another
-        // extension's hook becomes a Rust panic at the guard, so `_restore` runs.
-        unsafe {
-            match PREVIOUS_EXECUTOR_FINISH {
-                Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| previous(query)),
-                None => pg_sys::standard_ExecutorFinish(query),
-            }
-        }
-    }
-    // The statement's AFTER triggers have run: write what they captured (rows captured by
-    // statements nested inside them were written when those finished).
-    if DEEPEST.get() >= depth {
-        if let Err(err) = flush(depth) {
-            err.report();
-        }
+unsafe extern "C-unwind" fn write_finished(depth: u32) {
+    if let Err(err) = flush(depth) {
+        err.report();
     }
 }
 
@@ -104,15 +101,9 @@ pub fn set_owner(role: pg_sys::Oid) {
     OWNER.set(role);
 }
 
-/// The extension's owner, as recorded by [`set_owner`].
-pub fn owner() -> pg_sys::Oid {
-    OWNER.get()
-}
-
 /// Adds a captured notification of `message_id`: `render` appends its record id then its
 /// payload, and returns the record id's length. Runs inside the capture trigger.
 pub fn add(message_id: i64, render: impl FnOnce(&mut String) -> Result<usize>) -> Result<()> {
-    register_callbacks();
     // Rendered in place. Output functions (C) run no statements as a rule; one that did, and
     // so captured again, would fail on the borrowed buffer with an error, not write into it.
     // What an ERROR interrupted stays unreferenced until the buffer empties.
@@ -297,8 +288,8 @@ unsafe extern "C-unwind" fn on_transaction(
             }
             // SAFETY: a snapshot for the queries of the flush, popped right after.
             unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-            let written =
-                roles::run_as(OWNER.get(), forget_vanished_messages).and_then(|()| flush(0));
+            let written = roles::run_sql_as_owner(OWNER.get(), forget_vanished_messages)
+                .and_then(|()| flush(0));
             // SAFETY: pops the snapshot pushed above.
             unsafe { pg_sys::PopActiveSnapshot() };
             FLUSH_LENGTH.set(FLUSH_AT);
@@ -309,6 +300,8 @@ unsafe extern "C-unwind" fn on_transaction(
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             forget(|_| true);
             FLUSH_LENGTH.set(FLUSH_AT);
+            FINISH_DEPTH.set(0);
+            SUBTRANSACTION_DEPTHS.with_borrow_mut(Vec::clear);
         }
         _ => {}
     }
@@ -323,17 +316,41 @@ unsafe extern "C-unwind" fn on_subtransaction(
 ) {
     use pg_sys::SubXactEvent::*;
     match event {
+        SUBXACT_EVENT_START_SUB => SUBTRANSACTION_DEPTHS
+            .with_borrow_mut(|depths| depths.push((subtransaction, FINISH_DEPTH.get()))),
         SUBXACT_EVENT_ABORT_SUB => {
             forget(|p| p.subtransaction == subtransaction);
-        }
-        SUBXACT_EVENT_COMMIT_SUB => BUFFER.with_borrow_mut(|buffer| {
-            for pending in buffer
-                .iter_mut()
-                .filter(|p| p.subtransaction == subtransaction)
-            {
-                pending.subtransaction = parent;
+            // An ERROR may have left statements' depths counted that it ended.
+            if let Some(depth) = depth_at_start(subtransaction) {
+                FINISH_DEPTH.set(depth);
             }
-        }),
+        }
+        SUBXACT_EVENT_COMMIT_SUB => {
+            depth_at_start(subtransaction);
+            parent_takes_over(subtransaction, parent);
+        }
         _ => {}
     }
+}
+
+/// The statement depth when `subtransaction` started, forgotten as it ends.
+fn depth_at_start(subtransaction: pg_sys::SubTransactionId) -> Option<u32> {
+    SUBTRANSACTION_DEPTHS.with_borrow_mut(|depths| {
+        let at = depths.iter().rposition(|(id, _)| *id == subtransaction)?;
+        let depth = depths[at].1;
+        depths.truncate(at);
+        Some(depth)
+    })
+}
+
+/// What a committed subtransaction captured now belongs to its parent.
+fn parent_takes_over(subtransaction: pg_sys::SubTransactionId, parent: pg_sys::SubTransactionId) {
+    BUFFER.with_borrow_mut(|buffer| {
+        for pending in buffer
+            .iter_mut()
+            .filter(|p| p.subtransaction == subtransaction)
+        {
+            pending.subtransaction = parent;
+        }
+    })
 }

@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::error::Result;
+use crate::secrets;
 use crate::worker::wake;
 
 /// Notifications a queue row holds at most, and the factor of notification numbers.
@@ -68,7 +69,14 @@ pub struct Groups {
 struct Group {
     message_id: i64,
     notifications: Vec<TextAt>,
+    /// Bytes of its record ids and payloads.
+    bytes: usize,
 }
+
+/// Most bytes of record ids and payloads in one group, and in one batch sent together, unless a
+/// single notification is larger (it then goes alone): far below the 1 GB PostgreSQL stores in
+/// one value, and a SOAP message a listener can take.
+pub const GROUP_BYTES: usize = 16 << 20;
 
 /// Where a notification's record id and then its payload sit in a text buffer, one after the
 /// other.
@@ -149,18 +157,26 @@ impl Groups {
         // A message's open group is its latest one, among the last groups of as many messages
         // as are interleaved: found from the end in a step or two, without a map to build.
         let open = self.groups.iter().rposition(|g| g.message_id == message_id);
+        let bytes = at.end - at.start;
         let index = match open {
-            Some(index) if self.groups[index].notifications.len() < self.size => index,
+            Some(index)
+                if self.groups[index].notifications.len() < self.size
+                    && self.groups[index].bytes + bytes <= GROUP_BYTES =>
+            {
+                index
+            }
             _ => {
                 // Grown as filled: most statements change one row.
                 self.groups.push(Group {
                     message_id,
                     notifications: Vec::new(),
+                    bytes: 0,
                 });
                 self.groups.len() - 1
             }
         };
         self.groups[index].notifications.push(at);
+        self.groups[index].bytes += bytes;
     }
 
     /// Each group, with its notifications' record ids and payloads.
@@ -647,6 +663,7 @@ pub fn record_failure(
     max_age: Duration,
 ) -> Result<()> {
     let (tids, ids) = tids_and_ids(rows);
+    let reason = recorded_reason(reason);
     Spi::connect_mut(|client| {
         kept_update(
             &RECORD_FAILURE,
@@ -681,7 +698,7 @@ pub fn record_failure(
             None,
             &[
                 tids.into(),
-                reason.into(),
+                reason.as_str().into(),
                 interval(retry_in).into(),
                 interval(max_age).into(),
                 message_id.into(),
@@ -690,6 +707,22 @@ pub fn record_failure(
         )?;
         Ok(())
     })
+}
+
+/// Longest `last_error` kept, in characters: a listener's fault string may be as long as its
+/// whole response.
+pub const LAST_ERROR_CHARS: usize = 1_000;
+
+/// `reason` as `last_error` keeps it: secrets masked, at most [`LAST_ERROR_CHARS`] characters
+/// (what is cut is counted).
+fn recorded_reason(reason: &str) -> String {
+    let masked = secrets::mask(reason);
+    let total = masked.chars().count();
+    if total <= LAST_ERROR_CHARS {
+        return masked.into_owned();
+    }
+    let kept: String = masked.chars().take(LAST_ERROR_CHARS).collect();
+    format!("{kept}... ({} more characters)", total - LAST_ERROR_CHARS)
 }
 
 fn interval(duration: Duration) -> pgrx::datum::Interval {
@@ -704,8 +737,8 @@ pub enum Selection {
     One(u64),
     /// Every notification of a message.
     Message(i64),
-    /// Every expired notification.
-    Expired,
+    /// Every expired notification; of protected messages too only when `protected_too`.
+    Expired { protected_too: bool },
 }
 
 impl Selection {
@@ -714,22 +747,30 @@ impl Selection {
         match self {
             Selection::One(number) => ("id = $1", Some(number as i64 / GROUP_LIMIT)),
             Selection::Message(id) => ("message_id = $1", Some(id)),
-            Selection::Expired => ("state = 'expired' AND $1::bigint IS NULL", None),
+            Selection::Expired {
+                protected_too: true,
+            } => ("state = 'expired' AND $1::bigint IS NULL", None),
+            Selection::Expired {
+                protected_too: false,
+            } => (
+                "state = 'expired' AND $1::bigint IS NULL AND message_id NOT IN
+                     (SELECT id FROM outbound_msg.message WHERE protected)",
+                None,
+            ),
         }
     }
 }
 
-/// Whether notification number `number` is queued.
-pub fn notification_exists(client: &SpiClient, number: u64) -> Result<bool> {
+/// The message of notification number `number`, if it is queued.
+pub fn message_of_notification(client: &SpiClient, number: u64) -> Result<Option<i64>> {
     let (row, position) = (number as i64 / GROUP_LIMIT, number as i64 % GROUP_LIMIT);
-    Ok(client
-        .select(
-            "SELECT 1 FROM outbound_msg.queue WHERE id = $1 AND cardinality(record_ids) > $2",
-            Some(1),
-            &[row.into(), position.into()],
-        )?
-        .len()
-        == 1)
+    let rows = client.select(
+        "SELECT message_id FROM outbound_msg.queue WHERE id = $1 AND cardinality(record_ids) > $2",
+        Some(1),
+        &[row.into(), position.into()],
+    )?;
+    // An empty result is `Err(InvalidPosition)`: no such notification.
+    Ok(rows.first().get_one::<i64>().unwrap_or_default())
 }
 
 /// Makes the selected notifications due now, with a fresh `max_age` (a single notification is
@@ -828,9 +869,13 @@ fn into_batches(mut claimed: Vec<Claimed>, batch_size: usize) -> Vec<Batch> {
     let mut by_message: BTreeMap<i64, Vec<Batch>> = BTreeMap::new();
     for row in claimed {
         let batches = by_message.entry(row.message_id).or_default();
-        let fits = batches
-            .last()
-            .is_some_and(|b| b.notifications.len() + row.payloads.len() <= batch_size);
+        let bytes = |payloads: &[String]| payloads.iter().map(String::len).sum::<usize>();
+        let fits = batches.last().is_some_and(|b| {
+            b.notifications.len() + row.payloads.len() <= batch_size
+                && b.notifications.iter().map(|(_, p)| p.len()).sum::<usize>()
+                    + bytes(&row.payloads)
+                    <= GROUP_BYTES
+        });
         if !fits {
             batches.push(Batch {
                 message_id: row.message_id,
@@ -930,6 +975,39 @@ mod tests {
         let second: Vec<&str> = groups.iter().nth(1).unwrap().payloads().collect();
         assert_eq!(second, vec!["pb", "pe"]);
         assert_eq!(Groups::new(1000).size, GROUP_LIMIT as usize);
+    }
+
+    #[test]
+    fn groups_are_split_by_size_as_well_as_count() {
+        let large = "y".repeat(GROUP_BYTES / 3);
+        let mut groups = Groups::new(100);
+        for id in 0..7 {
+            groups.push(1, &id.to_string(), &large);
+        }
+        groups.push(1, "7", "small");
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 2]);
+        let alone = "z".repeat(GROUP_BYTES + 1);
+        groups.push(1, "8", &alone);
+        groups.push(1, "9", "small");
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 2, 1, 1]);
+    }
+
+    #[test]
+    fn last_error_is_masked_and_bounded() {
+        let long = format!("SOAP fault: {}", "x".repeat(5_000));
+        let recorded = recorded_reason(&long);
+        assert_eq!(
+            recorded.chars().count(),
+            LAST_ERROR_CHARS + "... (4012 more characters)".len()
+        );
+        assert!(recorded.ends_with("... (4012 more characters)"));
+        assert_eq!(
+            recorded_reason("connect to http://svc:p@ss@host:9/x failed"),
+            "connect to http://svc:********@host:9/x failed"
+        );
+        assert_eq!(recorded_reason("short"), "short");
     }
 
     #[test]

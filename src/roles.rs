@@ -53,15 +53,32 @@ pub fn row_security_applies(role: pg_sys::Oid, table: pg_sys::Oid) -> bool {
     }
 }
 
+/// The search path of code that runs with a role other than the caller's: PostgreSQL's own
+/// choice for such code (maintenance commands, `RestrictSearchPath`), so that no schema,
+/// temporary object or operator of the caller's can stand in for a name of ours.
+const SAFE_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
+
 /// Runs `f` with `row_security` on, whatever the session set: a query that must apply
 /// policies may not silently skip them, nor fail because a session turned them off.
 pub fn with_row_security<R>(f: impl FnOnce() -> R) -> R {
+    with_setting(c"row_security", c"on", f)
+}
+
+/// Runs `f` with `search_path` set to `pg_catalog, pg_temp`, whatever the session, the role or
+/// the database set.
+pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
+    with_setting(c"search_path", SAFE_SEARCH_PATH, f)
+}
+
+/// Runs `f` with setting `name` at `value` for its duration (undone by transaction abort if
+/// `f` raises an ERROR).
+fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level undone below (and by transaction abort on error).
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
-            c"row_security".as_ptr(),
-            c"on".as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
@@ -77,18 +94,39 @@ pub fn with_row_security<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Runs SQL of ours in `f` with the privileges of the extension's owner `owner` and the safe
+/// search path: what the caller set (search_path, temporary types and functions) cannot steer
+/// it.
+pub fn run_sql_as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    run_with_context(owner, false, || with_safe_search_path(f))
+}
+
+/// Runs SQL in `f` with the privileges of `role` (a message's send-as role: its criteria, its
+/// reads of rows) and the safe search path, as a security-restricted operation, as PostgreSQL
+/// runs an index expression: it cannot change the session's role or leave temporary objects
+/// behind.
+pub fn run_sql_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    run_with_context(role, true, || with_safe_search_path(f))
+}
+
 /// Runs `f` with the privileges of `role`, then restores the previous role, also when `f`
-/// raises an ERROR (the guard's drop runs while the error unwinds).
+/// raises an ERROR (the guard's drop runs while the error unwinds). For code that runs no SQL
+/// (the queue's writes by `heap_insert`); SQL runs through [`run_sql_as`].
 pub fn run_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    run_with_context(role, false, f)
+}
+
+fn run_with_context<R>(role: pg_sys::Oid, restricted: bool, f: impl FnOnce() -> R) -> R {
     let mut saved_role = pg_sys::InvalidOid;
     let mut saved_context = 0;
+    let mut context = pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+    if restricted {
+        context |= pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    }
     // SAFETY: reads and sets backend-local state; the guard restores it.
     unsafe {
         unguarded::GetUserIdAndSecContext(&mut saved_role, &mut saved_context);
-        unguarded::SetUserIdAndSecContext(
-            role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
+        unguarded::SetUserIdAndSecContext(role, saved_context | context);
     }
     let _restore = Restore {
         role: saved_role,
@@ -104,21 +142,50 @@ pub fn api_call<T>(
     f: impl FnOnce(&mut pgrx::spi::SpiClient, pg_sys::Oid) -> crate::error::Result<T>,
 ) -> Result<T, pgrx::pg_sys::panic::ErrorReport> {
     let caller = current();
-    Ok(run_as_owner(|| {
+    // SAFETY: reads a setting that always exists; copied before anything changes it.
+    let search_path = unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
+            c"search_path".as_ptr(),
+            false,
+            false,
+        ))
+    }
+    .to_owned();
+    let previous = CALLER_SEARCH_PATH.replace(Some(search_path));
+    let result = run_sql_as_owner(extension_owner(), || {
         Spi::connect_mut(|client| f(client, caller))
-    })?)
+    });
+    CALLER_SEARCH_PATH.set(previous);
+    Ok(result?)
 }
 
-/// Runs `f` as the owner of the extension, who owns its tables.
-pub fn run_as_owner<R>(f: impl FnOnce() -> R) -> R {
-    run_as(extension_owner(), f)
+thread_local! {
+    /// The search_path of the session that called the running API function.
+    static CALLER_SEARCH_PATH: std::cell::RefCell<Option<std::ffi::CString>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// The owner of the extension (the bootstrap superuser if it cannot be read).
+/// Runs `f` as `caller`, the role that called the running API function, with the caller's own
+/// search_path, as a security-restricted operation: for parsing what the caller wrote
+/// (criteria) the way the caller meant it, with no privilege of the owner's.
+pub fn run_as_caller<R>(caller: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let search_path = CALLER_SEARCH_PATH
+        .with_borrow(|path| path.clone())
+        .unwrap_or_else(|| SAFE_SEARCH_PATH.to_owned());
+    run_with_context(caller, true, || {
+        with_setting(c"search_path", &search_path, f)
+    })
+}
+
+/// The owner of the extension (the bootstrap superuser if it cannot be read), read with the
+/// safe search path: the caller's operators cannot change which row answers.
 pub fn extension_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'outbound_msg'",
-    )
+    with_safe_search_path(|| {
+        Spi::get_one::<pg_sys::Oid>(
+            "SELECT extowner FROM pg_catalog.pg_extension
+              WHERE extname OPERATOR(pg_catalog.=) 'outbound_msg'::pg_catalog.name",
+        )
+    })
     .ok()
     .flatten()
     .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())

@@ -2,8 +2,9 @@
 //! appear in error messages, views or the server log.
 //!
 //! The masking functions are pure. [`install_log_filter`] adds an `emit_log_hook` that masks
-//! them in every log line (including `log_statement` output) and hides the statement text of
-//! an error whose statement carries one.
+//! them in every log line and every field of it (message, DETAIL, HINT, CONTEXT with a
+//! statement's bind parameters, internal queries; `log_statement` output) and hides the
+//! statement text of an error whose statement carries one.
 
 use std::borrow::Cow;
 use std::ffi::{CStr, CString};
@@ -119,6 +120,8 @@ unsafe extern "C-unwind" fn filter_log(data: *mut pg_sys::ErrorData) {
             &mut data.detail,
             &mut data.detail_log,
             &mut data.hint,
+            &mut data.context,
+            &mut data.internalquery,
         ] {
             mask_field(field);
         }

@@ -6,7 +6,7 @@
 //! envelope ([`write_envelope`]). Everything written here is escaped by [`push_escaped`], so a
 //! stored fragment is always well-formed XML.
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
@@ -59,13 +59,32 @@ pub fn render_fields<'v>(
 /// the buffer of waiting notifications, without a string per value.
 pub struct Fields<'a> {
     out: &'a mut String,
+    /// Where the notification begins in `out`.
+    start: usize,
+}
+
+/// Most bytes one notification's record Id and fields take once rendered: far below the 1 GB
+/// PostgreSQL can store in one value, so a row any plain table takes is always captured.
+pub const NOTIFICATION_BYTES: usize = 128 << 20;
+
+/// What became of a field [`Fields::add`] was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Written,
+    /// Its writer left it out (a value its XSD type cannot represent).
+    LeftOut,
+    /// Left out: with it the notification would pass [`NOTIFICATION_BYTES`].
+    TooLarge,
 }
 
 impl<'a> Fields<'a> {
     /// Starts, at the end of `out`, the fields of a notification whose record Id is already
     /// in `out`, unescaped, at `id`.
     pub fn new(out: &'a mut String, id: std::ops::Range<usize>) -> Fields<'a> {
-        let mut fields = Fields { out };
+        let mut fields = Fields {
+            start: id.start,
+            out,
+        };
         fields.add_element("     <sf:Id>", "</sf:Id>\n", |text| {
             if needs_escaping(&text[id.clone()]) {
                 let unescaped = text[id].to_string();
@@ -79,19 +98,30 @@ impl<'a> Fields<'a> {
     }
 
     /// Adds the field whose element `tags` writes; `write` appends its escaped value, or
-    /// returns false to leave the field out (a value its XSD type cannot represent).
-    pub fn add(&mut self, tags: &Tags, write: impl FnOnce(&mut String) -> bool) {
-        self.add_element(&tags.open, &tags.close, write);
+    /// returns false to leave the field out (a value its XSD type cannot represent). A field
+    /// that would make the notification larger than [`NOTIFICATION_BYTES`] is left out too.
+    pub fn add(&mut self, tags: &Tags, write: impl FnOnce(&mut String) -> bool) -> Added {
+        self.add_element(&tags.open, &tags.close, write)
     }
 
-    fn add_element(&mut self, open: &str, close: &str, write: impl FnOnce(&mut String) -> bool) {
+    fn add_element(
+        &mut self,
+        open: &str,
+        close: &str,
+        write: impl FnOnce(&mut String) -> bool,
+    ) -> Added {
         let start = self.out.len();
         self.out.push_str(open);
-        if write(self.out) {
-            self.out.push_str(close);
-        } else {
+        if !write(self.out) {
             self.out.truncate(start);
+            return Added::LeftOut;
         }
+        self.out.push_str(close);
+        if self.out.len() - self.start > NOTIFICATION_BYTES {
+            self.out.truncate(start);
+            return Added::TooLarge;
+        }
+        Added::Written
     }
 }
 
@@ -137,7 +167,7 @@ pub fn write_envelope(
         out.push_str("   <Notification>\n");
         push_element(&mut out, "    ", "Id", notification.id);
         out.push_str("    <sObject xsi:type=\"sf:");
-        out.push_str(object_type);
+        push_escaped(&mut out, object_type);
         out.push_str("\" xmlns:sf=\"urn:sobject.enterprise.soap.sforce.com\">\n");
         out.push_str(notification.fields_xml);
         out.push_str("    </sObject>\n   </Notification>\n");
@@ -250,166 +280,180 @@ impl Answer {
         match self {
             Answer::Ack => None,
             Answer::Nack => Some("SOAP response was a nack".to_string()),
+            Answer::Fault(text) if text.is_empty() => {
+                Some("SOAP fault without a faultstring".into())
+            }
             Answer::Fault(text) => Some(format!("SOAP fault: {text}")),
             Answer::Invalid(reason) => Some(reason.clone()),
         }
     }
 }
 
-/// Where the parser is in the response document.
+/// What an element of the listener's answer is, by its place in the document: only
+/// `Envelope/Body/notificationsResponse/Ack` can acknowledge.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Inside {
-    Other,
+enum Place {
+    Envelope,
+    Body,
+    Response,
     Ack,
+    Fault,
     FaultString,
+    Other,
 }
 
-/// Parses a listener's response body. The whole document must be well-formed; its root must be
-/// a SOAP 1.1 `Envelope`. An `Ack` counts only inside an outbound-namespace `notificationsResponse`
-/// (any prefix); its value is an `xsd:boolean`.
+impl Place {
+    /// The place of an element named `local` in namespace `ns` whose parent is at `parent`
+    /// (`None`: the root).
+    fn of(parent: Option<Place>, ns: Option<&str>, local: &str) -> Place {
+        let envelope_ns = ns == Some(ENVELOPE_NS);
+        let outbound_ns = ns == Some(OUTBOUND_NS);
+        match (parent, local) {
+            (_, "Fault") if envelope_ns => Place::Fault,
+            (None, "Envelope") if envelope_ns => Place::Envelope,
+            (Some(Place::Envelope), "Body") if envelope_ns => Place::Body,
+            (Some(Place::Body), "notificationsResponse") if outbound_ns => Place::Response,
+            (Some(Place::Response), "Ack") if outbound_ns => Place::Ack,
+            (Some(Place::Fault), "faultstring") if ns.is_none() => Place::FaultString,
+            _ => Place::Other,
+        }
+    }
+}
+
+/// What the parser found in the answer.
+#[derive(Default)]
+struct Found {
+    acks: usize,
+    ack_text: String,
+    ack_has_elements: bool,
+    faults: usize,
+    fault_text: Option<String>,
+}
+
+impl Found {
+    fn text(&mut self, place: Option<Place>, text: &str) {
+        match place {
+            Some(Place::Ack) => self.ack_text.push_str(text),
+            Some(Place::FaultString) => self
+                .fault_text
+                .get_or_insert_with(String::new)
+                .push_str(text),
+            _ => {}
+        }
+    }
+
+    /// Records an element opening at `place` under `parent`.
+    fn open(&mut self, parent: Option<Place>, place: Place) {
+        match place {
+            Place::Ack => self.acks += 1,
+            Place::Fault => self.faults += 1,
+            Place::FaultString => {
+                self.fault_text.get_or_insert_with(String::new);
+            }
+            _ => {}
+        }
+        if parent == Some(Place::Ack) {
+            self.ack_has_elements = true;
+        }
+    }
+
+    fn answer(self) -> Answer {
+        if self.faults > 0 {
+            return Answer::Fault(self.fault_text.unwrap_or_default().trim().to_string());
+        }
+        if self.acks == 0 {
+            return Answer::Invalid(
+                "SOAP response has no Envelope/Body/notificationsResponse/Ack".to_string(),
+            );
+        }
+        if self.acks > 1 {
+            return Answer::Invalid("SOAP response has more than one Ack".to_string());
+        }
+        if self.ack_has_elements {
+            return Answer::Invalid(
+                "SOAP response's Ack holds elements, not a boolean".to_string(),
+            );
+        }
+        match self.ack_text.trim() {
+            "true" | "1" => Answer::Ack,
+            "false" | "0" => Answer::Nack,
+            other => Answer::Invalid(format!(
+                "SOAP response has an invalid Ack value \"{other}\""
+            )),
+        }
+    }
+}
+
+/// Parses a listener's response body. The whole document must be well-formed, with a SOAP 1.1
+/// `Envelope` as its only root. Only an `Ack` at `Envelope/Body/notificationsResponse/Ack`
+/// (outbound namespace, any prefix) counts, holding an `xsd:boolean` and nothing else; a SOAP
+/// `Fault` anywhere makes the answer a failure, whatever else it holds.
 pub fn parse_answer(body: &[u8]) -> Answer {
     let text = match std::str::from_utf8(body) {
         Ok(text) => text,
         Err(_) => return Answer::Invalid("response is not XML: not valid UTF-8".to_string()),
     };
     let mut reader = NsReader::from_str(text);
-    let mut depth = 0usize;
+    let mut open: Vec<Place> = Vec::new();
     let mut saw_root = false;
-    let mut in_response_depth: Option<usize> = None;
-    let mut in_fault = false;
-    let mut inside = Inside::Other;
-    let mut ack_text = String::new();
-    let mut ack: Option<String> = None;
-    let mut fault: Option<String> = None;
-
+    let mut found = Found::default();
     loop {
-        let event = match reader.read_resolved_event() {
+        let (ns, event) = match reader.read_resolved_event() {
             Ok((ns, event)) => (namespace_of(&ns), event),
             Err(err) => return Answer::Invalid(format!("response is not XML: {err}")),
         };
         match event {
-            (ns, Event::Start(start)) if depth == 0 => {
-                if let Err(answer) = check_root(ns.as_deref(), &start, &mut saw_root) {
-                    return answer;
+            Event::Start(ref start) | Event::Empty(ref start) => {
+                let parent = open.last().copied();
+                if parent.is_none() {
+                    if saw_root {
+                        return Answer::Invalid(
+                            "response is not XML: more than one root element".to_string(),
+                        );
+                    }
+                    saw_root = true;
                 }
-                depth = 1;
-            }
-            (ns, Event::Empty(start)) if depth == 0 => {
-                if let Err(answer) = check_root(ns.as_deref(), &start, &mut saw_root) {
-                    return answer;
+                let place = Place::of(parent, ns.as_deref(), start.local_name().into_inner());
+                if parent.is_none() && place != Place::Envelope {
+                    return Answer::Invalid("response is not a SOAP envelope".to_string());
                 }
-            }
-            (ns, Event::Start(start)) => {
-                depth += 1;
-                let local = start.local_name().into_inner();
-                let ns = ns.as_deref();
-                if ns == Some(OUTBOUND_NS) && local == "notificationsResponse" {
-                    in_response_depth.get_or_insert(depth);
-                } else if ns == Some(OUTBOUND_NS) && local == "Ack" && in_response_depth.is_some() {
-                    inside = Inside::Ack;
-                    ack_text.clear();
-                } else if ns == Some(ENVELOPE_NS) && local == "Fault" {
-                    in_fault = true;
-                } else if in_fault && ns.is_none() && local == "faultstring" {
-                    inside = Inside::FaultString;
-                    fault = Some(String::new());
+                found.open(parent, place);
+                if matches!(event, Event::Start(_)) {
+                    open.push(place);
                 }
             }
-            (ns, Event::Empty(start)) => {
-                let local = start.local_name().into_inner();
-                if ns.as_deref() == Some(OUTBOUND_NS)
-                    && local == "Ack"
-                    && in_response_depth.is_some()
-                {
-                    ack.get_or_insert_with(String::new);
-                } else if ns.as_deref() == Some(ENVELOPE_NS) && local == "Fault" {
-                    fault.get_or_insert_with(String::new);
-                }
+            Event::End(_) => {
+                open.pop();
             }
-            (_, Event::End(_)) => {
-                if inside == Inside::Ack {
-                    ack.get_or_insert_with(|| ack_text.clone());
-                }
-                inside = Inside::Other;
-                if in_response_depth == Some(depth) {
-                    in_response_depth = None;
-                }
-                depth = depth.saturating_sub(1);
-            }
-            (_, Event::Text(text)) => push_text(inside, &mut ack_text, &mut fault, &text),
-            (_, Event::CData(data)) => {
+            Event::Text(text) => found.text(open.last().copied(), &text),
+            Event::CData(data) => {
                 let decoded: &str = data.as_ref();
-                push_text(inside, &mut ack_text, &mut fault, decoded);
+                found.text(open.last().copied(), decoded);
             }
-            (_, Event::GeneralRef(reference)) => {
+            Event::GeneralRef(reference) => {
                 let resolved = match reference.resolve_char_ref() {
                     Ok(Some(c)) => Some(c),
                     _ => predefined_entity(&reference),
                 };
-                match resolved {
-                    Some(c) => push_text(
-                        inside,
-                        &mut ack_text,
-                        &mut fault,
-                        c.encode_utf8(&mut [0; 4]),
-                    ),
-                    None => {
-                        return Answer::Invalid(format!(
-                            "response is not XML: unknown entity &{};",
-                            &*reference
-                        ))
-                    }
-                }
+                let Some(c) = resolved else {
+                    return Answer::Invalid(format!(
+                        "response is not XML: unknown entity &{};",
+                        &*reference
+                    ));
+                };
+                found.text(open.last().copied(), c.encode_utf8(&mut [0; 4]));
             }
-            (_, Event::Eof) => break,
+            Event::Eof => break,
             _ => {}
         }
     }
-    if depth != 0 {
+    if !open.is_empty() {
         return Answer::Invalid("response is not XML: unexpected end of document".to_string());
     }
     if !saw_root {
         return Answer::Invalid("response is not XML: empty document".to_string());
     }
-    if let Some(text) = fault {
-        return Answer::Fault(text.trim().to_string());
-    }
-    match ack.as_deref().map(str::trim) {
-        Some("true") | Some("1") => Answer::Ack,
-        Some("false") | Some("0") => Answer::Nack,
-        Some(other) => Answer::Invalid(format!(
-            "SOAP response has an invalid Ack value \"{other}\""
-        )),
-        None => Answer::Invalid("SOAP response has no notificationsResponse Ack".to_string()),
-    }
-}
-
-/// The document must have exactly one root, a SOAP 1.1 `Envelope`.
-fn check_root(ns: Option<&str>, start: &BytesStart, saw_root: &mut bool) -> Result<(), Answer> {
-    if *saw_root {
-        return Err(Answer::Invalid(
-            "response is not XML: more than one root element".into(),
-        ));
-    }
-    *saw_root = true;
-    if ns != Some(ENVELOPE_NS) || start.local_name().into_inner() != "Envelope" {
-        return Err(Answer::Invalid(
-            "response is not a SOAP envelope".to_string(),
-        ));
-    }
-    Ok(())
-}
-
-fn push_text(inside: Inside, ack_text: &mut String, fault: &mut Option<String>, text: &str) {
-    match inside {
-        Inside::Ack => ack_text.push_str(text),
-        Inside::FaultString => {
-            if let Some(fault) = fault {
-                fault.push_str(text);
-            }
-        }
-        Inside::Other => {}
-    }
+    found.answer()
 }
 
 fn namespace_of(ns: &ResolveResult) -> Option<String> {
@@ -643,5 +687,100 @@ mod tests {
         );
         let cut = &body[..body.len() - 20];
         assert!(matches!(parse_answer(cut.as_bytes()), Answer::Invalid(_)));
+    }
+
+    #[test]
+    fn a_field_that_would_make_a_notification_too_large_is_left_out() {
+        let mut out = String::from("7");
+        let mut fields = Fields::new(&mut out, 0..1);
+        let big = "b".repeat(NOTIFICATION_BYTES);
+        assert_eq!(
+            fields.add(&Tags::new("big"), |out| {
+                out.push_str(&big);
+                true
+            }),
+            Added::TooLarge
+        );
+        assert_eq!(
+            fields.add(&Tags::new("small"), |out| {
+                out.push('s');
+                true
+            }),
+            Added::Written
+        );
+        assert_eq!(out, "7     <sf:Id>7</sf:Id>\n     <sf:small>s</sf:small>\n");
+    }
+
+    #[test]
+    fn a_table_name_is_escaped_in_the_sobject_type() {
+        let notification = Notification {
+            id: "04l000000000001AAA",
+            fields_xml: "",
+        };
+        let envelope = write_envelope(&HEADER, "q\"/><x a=\"", &[notification]);
+        assert!(envelope.contains(r#"xsi:type="sf:q&quot;/&gt;&lt;x a=&quot;""#));
+    }
+
+    #[test]
+    fn an_ack_anywhere_but_envelope_body_response_does_not_count() {
+        let ack = r#"<o:Ack xmlns:o="http://soap.sforce.com/2005/09/outbound">true</o:Ack>"#;
+        let in_header = format!(
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Header><o:notificationsResponse xmlns:o="http://soap.sforce.com/2005/09/outbound">{ack}</o:notificationsResponse></soapenv:Header><soapenv:Body/></soapenv:Envelope>"#
+        );
+        let under_envelope = format!(
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">{ack}<soapenv:Body/></soapenv:Envelope>"#
+        );
+        let in_body = response(ack);
+        let nested = response(&format!(
+            r#"<x><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">{ack}</notificationsResponse></x>"#
+        ));
+        for body in [in_header, under_envelope, in_body, nested] {
+            assert!(
+                matches!(parse_answer(body.as_bytes()), Answer::Invalid(_)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fault_anywhere_is_a_failure_even_with_an_ack() {
+        let ack = r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>"#;
+        let fault_with_ack_in_detail = response(&format!(
+            r#"<soapenv:Fault><faultcode>soapenv:Server</faultcode><detail>{ack}</detail></soapenv:Fault>"#
+        ));
+        assert_eq!(
+            parse_answer(fault_with_ack_in_detail.as_bytes()),
+            Answer::Fault(String::new())
+        );
+        assert_eq!(
+            Answer::Fault(String::new()).failure_reason().unwrap(),
+            "SOAP fault without a faultstring"
+        );
+        let fault_beside_ack = response(&format!(
+            r#"{ack}<soapenv:Fault><faultstring>busy</faultstring></soapenv:Fault>"#
+        ));
+        assert_eq!(
+            parse_answer(fault_beside_ack.as_bytes()),
+            Answer::Fault("busy".to_string())
+        );
+    }
+
+    #[test]
+    fn an_ack_must_hold_one_boolean_and_come_once() {
+        let wrapped = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack><x>true</x></Ack></notificationsResponse>"#,
+        );
+        let twice = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack><Ack>true</Ack></notificationsResponse>"#,
+        );
+        let empty = response(
+            r#"<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack/></notificationsResponse>"#,
+        );
+        for body in [wrapped, twice, empty] {
+            assert!(
+                matches!(parse_answer(body.as_bytes()), Answer::Invalid(_)),
+                "{body}"
+            );
+        }
     }
 }

@@ -23,6 +23,29 @@ unsafe extern "C-unwind" {
     );
 }
 
+/// PostgreSQL's own implementations behind two hooks of ours, called without a guard so that an
+/// ERROR they raise passes through the hook unchanged (a guard would turn it into a Rust panic
+/// and raise it again: a copy without its table or constraint fields, and with a Rust
+/// backtrace). Call them only from frames that need no dropping.
+pub mod passing {
+    use pgrx::pg_sys;
+
+    unsafe extern "C-unwind" {
+        pub fn standard_ExecutorFinish(query: *mut pg_sys::QueryDesc);
+        #[allow(clippy::too_many_arguments)]
+        pub fn standard_ProcessUtility(
+            statement: *mut pg_sys::PlannedStmt,
+            query: *const std::ffi::c_char,
+            read_only_tree: bool,
+            context: pg_sys::ProcessUtilityContext::Type,
+            params: pg_sys::ParamListInfo,
+            environment: *mut pg_sys::QueryEnvironment,
+            destination: *mut pg_sys::DestReceiver,
+            completion: *mut pg_sys::QueryCompletion,
+        );
+    }
+}
+
 /// May raise an ERROR: only inside [`boundary`].
 pub mod raising {
     use pgrx::pg_sys;

@@ -14,17 +14,24 @@ pub struct Field<'a> {
 }
 
 /// The WSDL for notifications about rows of `object_type` carrying `fields` (in the order they
-/// are sent) to `endpoint_url`. Names must be valid XML names (checked at definition time).
+/// are sent) to `endpoint_url`. Names are valid XML names (checked at definition time, and by
+/// the DDL guard on renames), and escaped all the same: a name is data, never markup.
 pub fn generate(object_type: &str, fields: &[Field], endpoint_url: &str) -> String {
+    let escaped = |text: &str| {
+        let mut out = String::new();
+        push_escaped(&mut out, text);
+        out
+    };
+    let object_type = escaped(object_type);
     let mut fields_xml = String::new();
     for field in fields {
         fields_xml.push_str(&format!(
             "\n       <element name=\"{}\" type=\"{}\" nillable=\"true\" minOccurs=\"0\"/>",
-            field.name, field.xsd_type
+            escaped(field.name),
+            field.xsd_type
         ));
     }
-    let mut location = String::new();
-    push_escaped(&mut location, endpoint_url);
+    let location = escaped(endpoint_url);
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <definitions xmlns="http://schemas.xmlsoap.org/wsdl/"
@@ -160,6 +167,24 @@ mod tests {
             }
         }
         assert!(wsdl.contains(r#"<soap:address location="https://erp.example/soap?a=1&amp;b=2"/>"#));
+    }
+
+    #[test]
+    fn names_are_escaped_wherever_they_are_written() {
+        let forged = r#"q"/></x><Notification a=""#;
+        let wsdl = generate(
+            forged,
+            &[Field {
+                name: forged,
+                xsd_type: "xsd:string",
+            }],
+            "http://h/",
+        );
+        assert!(!wsdl.contains(forged));
+        assert!(wsdl
+            .contains(r#"<complexType name="q&quot;/&gt;&lt;/x&gt;&lt;Notification a=&quot;">"#));
+        let mut reader = NsReader::from_str(&wsdl);
+        while reader.read_event().expect("well-formed") != Event::Eof {}
     }
 
     #[test]

@@ -1,6 +1,8 @@
 """pytest fixtures for the end-to-end tests: one preloaded cluster for the session, and a
 fresh listener per test."""
 
+import os
+
 import pytest
 
 from support.cluster import Cluster, wait_for
@@ -17,6 +19,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="session")
 def cluster():
+    # As a server may be started: no error of ours may show a Rust backtrace all the same.
+    os.environ["RUST_BACKTRACE"] = "1"
     cluster = Cluster(SETTINGS)
     try:
         with cluster.connect() as conn:

@@ -1,20 +1,31 @@
 //! `DROP DATABASE` and `ALTER DATABASE ... RENAME` need the database free of connections. A
 //! ProcessUtility hook, present in every backend because the library is preloaded, stops that
-//! database's worker first and waits for it to leave; if the command then fails, the database
-//! asks for a worker again.
+//! database's worker first and waits for it to leave; if the command's transaction then
+//! aborts, the database asks for a worker again.
+//!
+//! The hook passes every command, and every ERROR a command raises, through unchanged: it
+//! calls the next hook without a guard, so an ERROR is never caught and raised again by Rust.
 
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::PgTryBuilder;
 
 use super::shmem;
+use crate::unguarded;
 
 /// Longest wait for a worker to exit (DROP DATABASE itself waits 5 s for other sessions).
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
+
+thread_local! {
+    /// The database whose worker this backend stopped for a command of the current
+    /// transaction: asked for again if the transaction aborts.
+    static STOPPED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Installs the hook. Called once, while preloading.
 pub fn install() {
@@ -25,7 +36,8 @@ pub fn install() {
     }
 }
 
-#[pg_guard]
+/// Not guarded: nothing here may panic, and no frame of it needs dropping when the command
+/// raises an ERROR.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     statement: *mut pg_sys::PlannedStmt,
@@ -37,45 +49,57 @@ unsafe extern "C-unwind" fn process_utility(
     destination: *mut pg_sys::DestReceiver,
     completion: *mut pg_sys::QueryCompletion,
 ) {
-    let run = || {
-        // SAFETY: hands the arguments on unchanged, as every ProcessUtility hook does.
-        unsafe {
-            match PREVIOUS {
-                Some(previous) => previous(
-                    statement,
-                    query,
-                    read_only_tree,
-                    context,
-                    params,
-                    environment,
-                    destination,
-                    completion,
-                ),
-                None => pg_sys::standard_ProcessUtility(
-                    statement,
-                    query,
-                    read_only_tree,
-                    context,
-                    params,
-                    environment,
-                    destination,
-                    completion,
-                ),
+    // SAFETY: the statement being executed; the arguments go on unchanged, as every
+    // ProcessUtility hook passes them.
+    unsafe {
+        free_database_for(statement);
+        let next = PREVIOUS.unwrap_or(unguarded::passing::standard_ProcessUtility);
+        next(
+            statement,
+            query,
+            read_only_tree,
+            context,
+            params,
+            environment,
+            destination,
+            completion,
+        )
+    }
+}
+
+/// Stops the worker of the database a DROP DATABASE or ALTER DATABASE ... RENAME names.
+#[pg_guard]
+unsafe extern "C-unwind" fn free_database_for(statement: *mut pg_sys::PlannedStmt) {
+    // SAFETY: the statement being executed.
+    let Some(database) = (unsafe { database_needing_no_connections(statement) }) else {
+        return;
+    };
+    if !CALLBACK_REGISTERED.replace(true) {
+        // SAFETY: registers a callback that lives as long as the library.
+        unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
+    }
+    STOPPED.set(Some(database));
+    stop_worker(database);
+}
+
+/// A database whose command failed still exists: it gets a worker again.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            if let Some(database) = STOPPED.take() {
+                shmem::request_delivery(database, &[]);
             }
         }
-    };
-    // SAFETY: the statement is the one being executed.
-    let Some(database) = (unsafe { database_needing_no_connections(statement) }) else {
-        return run();
-    };
-    stop_worker(database);
-    PgTryBuilder::new(run)
-        .catch_others(|error| {
-            // The database still exists: it gets a worker again.
-            shmem::request_delivery(database, &[]);
-            error.rethrow()
-        })
-        .execute()
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            STOPPED.set(None);
+        }
+        _ => {}
+    }
 }
 
 /// The database a DROP DATABASE or ALTER DATABASE ... RENAME statement names, if it exists.

@@ -106,6 +106,10 @@ fn wait(timeout: Duration, socket: std::os::fd::RawFd) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
+    // Absorbs what other backends signalled, a ProcSignalBarrier above all (DROP DATABASE
+    // waits until every process has absorbed one): a paused or idle worker runs no query that
+    // would.
+    pgrx::check_for_interrupts!();
 }
 
 /// Runs `f` in a transaction of its own. An ERROR inside (a lock timeout against a concurrent
@@ -178,7 +182,13 @@ fn vacuum_queue() {
     .execute();
 }
 
-/// Session settings of a worker:
+/// Session settings of a worker, set after connecting, over whatever `ALTER DATABASE` or
+/// `ALTER ROLE ... SET` gave it (a database owner is less trusted than the worker's role):
+/// - `search_path = pg_catalog, pg_temp`: no schema of the database's can stand in for a
+///   function, operator or type of the worker's statements;
+/// - `default_transaction_read_only`, `statement_timeout`, `idle_in_transaction_session_timeout`,
+///   `row_security`, `default_transaction_isolation`, `transform_null_equals`: as PostgreSQL's
+///   defaults, so that its statements mean and do what they say;
 /// - `lock_timeout`: a lock it cannot get soon is an ERROR in the worker (caught by
 ///   [`transaction`]), well before the deadlock detector could pick the DDL it waits on;
 /// - `synchronous_commit = off`: its transactions (claims, outcomes) need not wait for the WAL
@@ -192,6 +202,13 @@ fn vacuum_queue() {
 ///   running it (a 1M backlog drained at 10,000 notifications/s instead of 160,000).
 fn configure_session() {
     for (name, value) in [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"row_security", c"on"),
+        (c"transform_null_equals", c"off"),
         (c"lock_timeout", c"200ms"),
         (c"synchronous_commit", c"off"),
         (c"plan_cache_mode", c"force_custom_plan"),

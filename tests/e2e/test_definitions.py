@@ -60,7 +60,7 @@ REFUSED = [
     ("endpoint with space", {"endpoint_url": "http://a b/"}, "22023", "white space"),
     ("endpoint bad port", {"endpoint_url": "http://a:70000/"}, "22023", "port"),
     ("unknown role", {"send_as": "no_such_role"}, "42704", "no_such_role"),
-    ("unknown field", {"fields": ["name", "nope"]}, "42703", 'column "nope" of table acct'),
+    ("unknown field", {"fields": ["name", "nope"]}, "42703", 'column "nope" of table public.acct'),
     ("duplicate field", {"fields": ["name", "name"]}, "42701", "listed more than once"),
     ("system column", {"fields": ["ctid"]}, "22023", 'column "ctid" is a system column'),
     ("field not an XML name", {"fields": ["my col"]}, "22023", "XML name"),
@@ -129,7 +129,7 @@ def test_unknown_table_is_42P01(db):
 
 def test_unique_names_are_unique_per_table_only(db, acct):
     create(db, unique_name="Sync")
-    with pytest.raises(psycopg.errors.DuplicateObject, match='"Sync" already exists on table acct'):
+    with pytest.raises(psycopg.errors.DuplicateObject, match='"Sync" already exists on table public.acct'):
         create(db, unique_name="Sync")
     db.execute("DROP TABLE IF EXISTS other_acct")
     db.execute("CREATE TABLE other_acct (id int PRIMARY KEY, name text)")
@@ -185,7 +185,7 @@ def test_alter_message_checks_like_create_and_changes_nothing_when_refused(db, a
     "wsdl('acct', 'Missing')",
 ])
 def test_unknown_message_is_42704(db, acct, call):
-    with pytest.raises(psycopg.errors.UndefinedObject, match='"Missing" does not exist on table acct'):
+    with pytest.raises(psycopg.errors.UndefinedObject, match='"Missing" does not exist on table public.acct'):
         db.execute(f"SELECT outbound_msg.{call}")
 
 

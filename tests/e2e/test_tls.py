@@ -131,7 +131,7 @@ def test_mutual_tls_presents_the_imported_certificate(db, table, pki, reload_wit
         row = db.execute("SELECT name, subject, fingerprint, used_by FROM "
                          "outbound_msg.client_certificates").fetchone()
         assert row == ("erp_client", "CN=outbound_msg client", fingerprint, ["S on secure"])
-        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="S on secure"):
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="S on public.secure"):
             db.execute("SELECT outbound_msg.drop_client_certificate('erp_client')")
     finally:
         listener.stop()
