@@ -79,6 +79,33 @@ SELECT m.object AS table_name,
 COMMENT ON VIEW outbound_msg.delivery_stats IS
     'Per message: queued, delivered, failed attempts, expired, last success and failure, latency';
 
+-- Every endpoint messages send to, with its health: one row per scheme, host and port.
+CREATE VIEW outbound_msg.endpoints AS
+WITH defined AS (
+    SELECT outbound_msg.endpoint_of(m.endpoint_url) AS endpoint,
+           count(*) AS messages,
+           coalesce(sum(q.queued), 0)::bigint AS queued
+      FROM outbound_msg.message m
+      LEFT JOIN LATERAL (
+            SELECT sum(cardinality(record_ids)) AS queued FROM outbound_msg.queue
+             WHERE message_id = m.id AND state <> 'expired') q ON true
+     GROUP BY 1)
+SELECT d.endpoint,
+       coalesce(h.state, 'unproven') AS state,
+       coalesce(h.consecutive_failures, 0) AS consecutive_failures,
+       h.failing_since,
+       h.last_success,
+       h.last_error,
+       coalesce(h.requests_in_flight, 0) AS requests_in_flight,
+       d.queued,
+       d.messages,
+       h.reported_at
+  FROM defined d
+  LEFT JOIN outbound_msg.endpoint_health h ON h.endpoint = d.endpoint
+ ORDER BY d.endpoint;
+COMMENT ON VIEW outbound_msg.endpoints IS
+    'Each endpoint (scheme, host, port): health state, failures, last success and error, requests in flight, notifications queued';
+
 -- Client certificates, without their private keys.
 CREATE VIEW outbound_msg.client_certificates AS
 SELECT c.name,
@@ -223,10 +250,12 @@ COMMENT ON FUNCTION outbound_msg.is_xml_name(text) IS
     'Whether a table or column name can name an XML element or type';
 
 -- Pure helpers the views use: harmless, so the views work for whoever may read them.
-GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint)
+GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.notification_id(bigint),
+                          outbound_msg.endpoint_of(text)
     TO PUBLIC;
 REVOKE ALL ON outbound_msg.client_certificates FROM PUBLIC;
-REVOKE ALL ON outbound_msg.messages, outbound_msg.delivery_status, outbound_msg.delivery_stats
+REVOKE ALL ON outbound_msg.messages, outbound_msg.delivery_status, outbound_msg.delivery_stats,
+              outbound_msg.endpoints
     FROM PUBLIC;
 
 COMMENT ON FUNCTION outbound_msg.create_message(

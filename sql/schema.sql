@@ -108,6 +108,24 @@ COMMENT ON TABLE outbound_msg.message_stats IS
 REVOKE ALL ON outbound_msg.message, outbound_msg.queue, outbound_msg.message_stats
     FROM PUBLIC;
 
+-- What the worker last reported of each endpoint (scheme, host and port) it sends to: its
+-- circuit state (healthy, unproven, failing), consecutive failures, since when it fails, and
+-- its requests in flight. Written only by src/worker/endpoints.rs; read by the next worker of
+-- the database and by the outbound_msg.endpoints view.
+CREATE TABLE outbound_msg.endpoint_health (
+    endpoint             text PRIMARY KEY,
+    state                text NOT NULL,
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    failing_since        timestamptz,
+    last_success         timestamptz,
+    last_error           text,
+    requests_in_flight   integer NOT NULL DEFAULT 0,
+    reported_at          timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE outbound_msg.endpoint_health IS
+    'Health of each endpoint as the delivery worker last reported it; see outbound_msg.endpoints';
+REVOKE ALL ON outbound_msg.endpoint_health FROM PUBLIC;
+
 -- Client certificates for mutual TLS. Written only by src/certificates.rs. The private key is
 -- never shown back: the view outbound_msg.client_certificates leaves it out.
 CREATE TABLE outbound_msg.client_certificate (

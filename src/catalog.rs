@@ -282,6 +282,13 @@ fn is_xml_name(name: &str) -> bool {
     validate::xml_name(name).is_ok()
 }
 
+/// The endpoint of a URL as endpoint health knows it: scheme, host and port (never
+/// credentials), as the `outbound_msg.endpoints` view groups messages.
+#[pg_extern(immutable, parallel_safe)]
+fn endpoint_of(url: &str) -> String {
+    validate::endpoint_of(url)
+}
+
 /// The active messages of a table, for capture. A row trigger defined on a partitioned table
 /// fires on its partitions with the partition's OID, so the messages of every partition ancestor
 /// count too.

@@ -10,6 +10,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 static PAUSE_DELIVERY: GucSetting<bool> = GucSetting::<bool>::new(false);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 static RETRY_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static RETRY_MAX_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(7_200_000);
 static MAX_AGE_MS: GucSetting<i32> = GucSetting::<i32>::new(86_400_000);
@@ -48,6 +49,16 @@ pub fn init() {
         c"Time allowed for one delivery: connect, send and the listener's answer.",
         c"A listener that has not answered in time has failed; the notifications are retried.",
         &TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.connect_timeout",
+        c"Time allowed to open a connection to a listener, within outbound_msg.timeout.",
+        c"Also how long a request may go unanswered before its endpoint counts as slow: it then gets no further request until that one ends.",
+        &CONNECT_TIMEOUT_MS,
         100,
         3_600_000,
         GucContext::Sighup,
@@ -177,6 +188,11 @@ pub fn batch_size() -> usize {
 /// `outbound_msg.timeout`.
 pub fn timeout() -> Duration {
     millis(&TIMEOUT_MS)
+}
+
+/// `outbound_msg.connect_timeout`.
+pub fn connect_timeout() -> Duration {
+    millis(&CONNECT_TIMEOUT_MS)
 }
 
 fn millis(setting: &GucSetting<i32>) -> Duration {

@@ -12,10 +12,30 @@ use crate::tls::{Identity, Roots};
 /// Limits of one exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// The whole exchange: connect, TLS, send, wait and read.
+    /// The whole exchange: connect, TLS, send, wait and read (a listener that answers a byte at
+    /// a time is cut off at it too).
     pub timeout: Duration,
+    /// Opening the connection (TCP), within `timeout`: a black-holed host fails fast.
+    pub connect_timeout: Duration,
     /// Bodies longer than this are a failure, not an allocation.
     pub max_response_bytes: u64,
+}
+
+/// Why a delivery failed: the reason for `last_error`, and how long the listener asked to be
+/// left alone (`Retry-After` on a 429 or 503), if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            retry_after: None,
+        }
+    }
 }
 
 /// A keep-alive HTTP client, reused for every delivery of a worker.
@@ -45,6 +65,7 @@ impl Client {
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(limits.timeout))
+            .timeout_connect(Some(limits.connect_timeout.min(limits.timeout)))
             .max_redirects(0)
             .http_status_as_error(false)
             .user_agent(concat!("outbound_msg/", env!("CARGO_PKG_VERSION")))
@@ -60,13 +81,13 @@ impl Client {
 
     /// Posts `body` to `url` as a SOAP 1.1 request. `Ok` means the listener acknowledged every
     /// notification in it; `Err` carries the failure reason.
-    pub fn deliver(&self, url: &str, body: &str) -> Result<(), String> {
+    pub fn deliver(&self, url: &str, body: &str) -> Result<(), Failure> {
         if let Some(problem) = &self.roots_problem {
             if url
                 .get(..8)
                 .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
             {
-                return Err(format!("TLS error: {problem}"));
+                return Err(format!("TLS error: {problem}").into());
             }
         }
         // Credentials in the URL become HTTP Basic authentication; ureq never sees them.
@@ -82,11 +103,13 @@ impl Client {
         let mut response = request.send(body).map_err(|err| self.describe(&err))?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(format!(
-                "HTTP {}: redirects are not followed",
-                status.as_u16()
-            ));
+            return Err(format!("HTTP {}: redirects are not followed", status.as_u16()).into());
         }
+        let retry_after = matches!(status.as_u16(), 429 | 503)
+            .then(|| response.headers().get("retry-after"))
+            .flatten()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| retry_after(value, std::time::SystemTime::now()));
         let bytes = response
             .body_mut()
             .with_config()
@@ -96,16 +119,20 @@ impl Client {
         let answer = soap::parse_answer(&bytes);
         if !status.is_success() {
             let reason = status.canonical_reason().unwrap_or("");
-            return Err(match answer {
+            let reason = match answer {
                 Answer::Fault(text) => format!("HTTP {}: SOAP fault: {text}", status.as_u16()),
                 _ => format!("HTTP {} {reason}", status.as_u16())
                     .trim_end()
                     .to_string(),
+            };
+            return Err(Failure {
+                reason,
+                retry_after,
             });
         }
         match answer.failure_reason() {
             None => Ok(()),
-            Some(reason) => Err(reason),
+            Some(reason) => Err(reason.into()),
         }
     }
 
@@ -113,6 +140,10 @@ impl Client {
     /// credentials in an endpoint cannot leak into `last_error`.
     fn describe(&self, err: &ureq::Error) -> String {
         match err {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => format!(
+                "connection error: not connected within {} ms",
+                self.limits.connect_timeout.min(self.limits.timeout).as_millis()
+            ),
             ureq::Error::Timeout(_) => {
                 format!("no answer within {} ms", self.limits.timeout.as_millis())
             }
@@ -134,6 +165,16 @@ impl Client {
             other => format!("HTTP error: {other}"),
         }
     }
+}
+
+/// How long a `Retry-After` value asks to wait: delay-seconds, or an HTTP date (RFC 9110).
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The URL without `user:password@`, and the `Authorization: Basic` value they make
@@ -224,6 +265,7 @@ mod tests {
         Client::new(
             Limits {
                 timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
                 max_response_bytes: 1024,
             },
             &Err("no roots in unit tests".to_string()),
@@ -247,7 +289,7 @@ mod tests {
             "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
         );
         assert_eq!(
-            client().deliver(&url, "<x/>").unwrap_err(),
+            client().deliver(&url, "<x/>").unwrap_err().reason,
             "HTTP 302: redirects are not followed"
         );
     }
@@ -257,8 +299,61 @@ mod tests {
         let url = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy");
         assert_eq!(
             client().deliver(&url, "<x/>").unwrap_err(),
-            "HTTP 503 Service Unavailable"
+            Failure {
+                reason: "HTTP 503 Service Unavailable".to_string(),
+                retry_after: None
+            }
         );
+    }
+
+    #[test]
+    fn retry_after_of_a_429_or_503_is_kept() {
+        let url = serve_once(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n",
+        );
+        let failure = client().deliver(&url, "<x/>").unwrap_err();
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(120)));
+        let url = serve_once(
+            "HTTP/1.1 500 Internal Server Error\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(client().deliver(&url, "<x/>").unwrap_err().retry_after, None);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn a_listener_that_drips_is_cut_off_at_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..1000 {
+                if stream.write_all(b"x").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let client = Client::new(
+            Limits {
+                timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+                max_response_bytes: 1 << 20,
+            },
+            &Err("no roots in unit tests".to_string()),
+            None,
+        );
+        let started = std::time::Instant::now();
+        let failure = client.deliver(&url, "<x/>").unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{failure:?}");
+        assert!(failure.reason.starts_with("no answer within 1000 ms"), "{failure:?}");
     }
 
     #[test]
@@ -267,7 +362,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n{}",
             "x".repeat(2000)
         ));
-        let reason = client().deliver(&url, "<x/>").unwrap_err();
+        let reason = client().deliver(&url, "<x/>").unwrap_err().reason;
         assert!(
             reason.starts_with("response body larger than 1024 bytes"),
             "{reason}"
@@ -279,7 +374,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let reason = client().deliver(&url, "<x/>").unwrap_err();
+        let reason = client().deliver(&url, "<x/>").unwrap_err().reason;
         assert!(reason.starts_with("connection error"), "{reason}");
     }
 }

@@ -312,24 +312,13 @@ pub struct Batch {
 pub struct ClaimLimits<'a> {
     /// Most notifications in all.
     pub total: usize,
-    /// Most notifications of any one message not listed in `reduced`.
-    pub per_message: usize,
-    /// Messages with a smaller allowance (some of their batches are in flight); 0 excludes.
-    pub reduced: &'a [(i64, usize)],
+    /// The messages that may take notifications now, each with how many at most; no other
+    /// message's are claimed (their connections are busy, their endpoint is failing, or the
+    /// worker does not know them yet).
+    pub allowances: &'a [(i64, usize)],
     pub batch_size: usize,
     /// How long the claimed notifications stay leased to this delivery.
     pub lease: Duration,
-}
-
-impl ClaimLimits<'_> {
-    /// Messages that may not take any notification now (all their connections are busy).
-    pub fn excluded(&self) -> Vec<i64> {
-        self.reduced
-            .iter()
-            .filter(|(_, n)| *n == 0)
-            .map(|(m, _)| *m)
-            .collect()
-    }
 }
 
 /// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
@@ -343,19 +332,16 @@ impl ClaimLimits<'_> {
 /// groups), and no claim reads more groups than it could take.
 pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
     let new_groups = tids_at(new_groups);
-    let (reduced_ids, reduced_counts): (Vec<i64>, Vec<i64>) =
-        limits.reduced.iter().map(|(m, n)| (*m, *n as i64)).unzip();
+    let (allowed_ids, allowed_counts): (Vec<i64>, Vec<i64>) =
+        limits.allowances.iter().map(|(m, n)| (*m, *n as i64)).unzip();
     Spi::connect_mut(|client| {
         let rows = kept_update(
             &CLAIM,
             client,
             "WITH allowance AS (
-                 SELECT m.id AS message_id,
-                        coalesce((SELECT p.n FROM unnest($3::bigint[], $4::bigint[])
-                                                  AS p(message_id, n)
-                                   WHERE p.message_id = m.id), $5) AS n
-                   FROM outbound_msg.message m
-                  WHERE m.id <> ALL ($2)),
+                 SELECT p.message_id, p.n
+                   FROM unnest($2::bigint[], $3::bigint[]) AS p(message_id, n)
+                  WHERE p.n > 0),
              scan AS (
                  SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
                         cardinality(q.record_ids) AS size
@@ -372,7 +358,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                         cardinality(q.record_ids)
                    FROM outbound_msg.queue q
                    JOIN allowance a ON a.message_id = q.message_id
-                  WHERE q.ctid = ANY ($7) AND q.state = 'new'),
+                  WHERE q.ctid = ANY ($5) AND q.state = 'new'),
              running AS (
                  SELECT ctid, size, allowed,
                         sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
@@ -390,7 +376,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                 SET attempts = q.attempts + 1,
                     last_attempt_at = now(),
                     state = 'sending',
-                    next_attempt_at = now() + make_interval(secs => $6)
+                    next_attempt_at = now() + make_interval(secs => $4)
                FROM outbound_msg.message m
               WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM locked)) AND m.id = q.message_id
              RETURNING q.ctid, q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
@@ -401,18 +387,14 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                 pg_sys::INT8OID,
                 pg_sys::INT8ARRAYOID,
                 pg_sys::INT8ARRAYOID,
-                pg_sys::INT8ARRAYOID,
-                pg_sys::INT8OID,
                 pg_sys::FLOAT8OID,
                 pg_sys::TIDARRAYOID,
             ],
             None,
             &[
                 (limits.total as i64).into(),
-                limits.excluded().into(),
-                reduced_ids.into(),
-                reduced_counts.into(),
-                (limits.per_message as i64).into(),
+                allowed_ids.into(),
+                allowed_counts.into(),
                 limits.lease.as_secs_f64().into(),
                 new_groups.into(),
             ],
@@ -576,10 +558,10 @@ pub fn transactions_prepared() -> Result<bool> {
     .unwrap_or(false))
 }
 
-/// Time until the earliest group of a message not in `excluded` is due (zero if one is due
-/// now), `None` when nothing waits. Groups of excluded messages (all their connections busy)
-/// do not count: the end of one of their deliveries wakes the worker anyway.
-pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
+/// Time until the earliest group of a message in `allowed` is due (zero if one is due now),
+/// `None` when nothing waits. Other messages' groups do not count: the end of one of their
+/// deliveries, or their endpoint's next probe, wakes the worker anyway.
+pub fn next_due(allowed: Vec<i64>) -> Result<Option<Duration>> {
     // Clamped here, not with SQL's greatest(): greatest(0, NULL) is 0, which would make an
     // empty queue look due now and keep the worker from ever sleeping. Expired groups wait at
     // 'infinity'.
@@ -590,8 +572,8 @@ pub fn next_due(excluded: Vec<i64>) -> Result<Option<Duration>> {
                 SELECT next_attempt_at FROM outbound_msg.queue
                  WHERE message_id = m.id AND next_attempt_at < 'infinity' AND state <> 'new'
                  ORDER BY next_attempt_at LIMIT 1) q
-          WHERE m.id <> ALL ($1)",
-        &[excluded.into()],
+          WHERE m.id = ANY ($1)",
+        &[allowed.into()],
     )?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
@@ -663,7 +645,7 @@ pub fn record_failure(
     max_age: Duration,
 ) -> Result<()> {
     let (tids, ids) = tids_and_ids(rows);
-    let reason = recorded_reason(reason);
+    let reason = secrets::recorded_error(reason);
     Spi::connect_mut(|client| {
         kept_update(
             &RECORD_FAILURE,
@@ -709,22 +691,6 @@ pub fn record_failure(
     })
 }
 
-/// Longest `last_error` kept, in characters: a listener's fault string may be as long as its
-/// whole response.
-pub const LAST_ERROR_CHARS: usize = 1_000;
-
-/// `reason` as `last_error` keeps it: secrets masked, at most [`LAST_ERROR_CHARS`] characters
-/// (what is cut is counted).
-fn recorded_reason(reason: &str) -> String {
-    let masked = secrets::mask(reason);
-    let total = masked.chars().count();
-    if total <= LAST_ERROR_CHARS {
-        return masked.into_owned();
-    }
-    let kept: String = masked.chars().take(LAST_ERROR_CHARS).collect();
-    format!("{kept}... ({} more characters)", total - LAST_ERROR_CHARS)
-}
-
 fn interval(duration: Duration) -> pgrx::datum::Interval {
     pgrx::datum::Interval::new(0, 0, duration.as_micros().min(i64::MAX as u128) as i64)
         .unwrap_or(pgrx::datum::Interval::new(0, 0, 0).expect("a zero interval is valid"))
@@ -759,6 +725,38 @@ impl Selection {
             ),
         }
     }
+}
+
+/// The endpoint URL of every message, for the worker's health bookkeeping.
+pub fn endpoint_urls() -> Result<Vec<(i64, String)>> {
+    Spi::connect(|client| {
+        client
+            .select("SELECT id, endpoint_url FROM outbound_msg.message", None, &[])?
+            .map(|row| {
+                Ok((
+                    row.get(1)?.unwrap_or_default(),
+                    row.get(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    })
+}
+
+/// Hands notifications claimed but not sent (their endpoint may take nothing now) back to the
+/// queue, due at once, their attempt not counted.
+pub fn release(rows: &[Row]) -> Result<()> {
+    let (tids, ids) = tids_and_ids(rows);
+    Spi::connect_mut(|client| {
+        client.update(
+            "UPDATE outbound_msg.queue
+                SET attempts = attempts - 1, next_attempt_at = now(),
+                    state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END
+              WHERE ctid = ANY ($1) AND id = ANY ($2) AND state = 'sending'",
+            None,
+            &[tids.into(), ids.into()],
+        )?;
+        Ok(())
+    })
 }
 
 /// The message of notification number `number`, if it is queued.
@@ -992,22 +990,6 @@ mod tests {
         groups.push(1, "9", "small");
         let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
         assert_eq!(sizes, vec![2, 2, 2, 2, 1, 1]);
-    }
-
-    #[test]
-    fn last_error_is_masked_and_bounded() {
-        let long = format!("SOAP fault: {}", "x".repeat(5_000));
-        let recorded = recorded_reason(&long);
-        assert_eq!(
-            recorded.chars().count(),
-            LAST_ERROR_CHARS + "... (4012 more characters)".len()
-        );
-        assert!(recorded.ends_with("... (4012 more characters)"));
-        assert_eq!(
-            recorded_reason("connect to http://svc:p@ss@host:9/x failed"),
-            "connect to http://svc:********@host:9/x failed"
-        );
-        assert_eq!(recorded_reason("short"), "short");
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub fn mask(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Longest `last_error` kept, in characters: a listener's fault string may be as long as its
+/// whole response.
+pub const LAST_ERROR_CHARS: usize = 1_000;
+
+/// `reason` as `last_error` (and an endpoint's last error) keeps it: secrets masked, at most [`LAST_ERROR_CHARS`] characters
+/// (what is cut is counted).
+pub fn recorded_error(reason: &str) -> String {
+    let masked = mask(reason);
+    let total = masked.chars().count();
+    if total <= LAST_ERROR_CHARS {
+        return masked.into_owned();
+    }
+    let kept: String = masked.chars().take(LAST_ERROR_CHARS).collect();
+    format!("{kept}... ({} more characters)", total - LAST_ERROR_CHARS)
+}
+
 /// Whether `text` carries a secret [`mask`] would hide.
 fn has_secret(text: &str) -> bool {
     matches!(mask(text), Cow::Owned(_))
@@ -172,6 +188,22 @@ mod tests {
             mask_credentials("no urls at all"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn last_error_is_masked_and_bounded() {
+        let long = format!("SOAP fault: {}", "x".repeat(5_000));
+        let recorded = recorded_error(&long);
+        assert_eq!(
+            recorded.chars().count(),
+            LAST_ERROR_CHARS + "... (4012 more characters)".len()
+        );
+        assert!(recorded.ends_with("... (4012 more characters)"));
+        assert_eq!(
+            recorded_error("connect to http://svc:p@ss@host:9/x failed"),
+            "connect to http://svc:********@host:9/x failed"
+        );
+        assert_eq!(recorded_error("short"), "short");
     }
 
     #[test]

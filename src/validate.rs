@@ -72,6 +72,25 @@ fn port_text(authority: &str) -> Option<&str> {
     after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
+/// An endpoint's identity: scheme, host and port, lowercased, without credentials or path.
+pub fn endpoint_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = host_port.to_ascii_lowercase();
+    let has_port = match host_port.rsplit_once(':') {
+        // An IPv6 literal's colons are inside its brackets.
+        Some((host, port)) => !port.contains(']') && !host.is_empty(),
+        None => false,
+    };
+    if has_port {
+        return format!("{scheme}://{host_port}");
+    }
+    let port = if scheme == "https" { 443 } else { 80 };
+    format!("{scheme}://{host_port}:{port}")
+}
+
 /// Whether the host of `url` matches one of `patterns`: a comma-separated list of host names
 /// (`erp.example.com`), wildcards for subdomains (`*.example.com`) or `*` for any host; an
 /// empty list allows every host. Matching ignores case; IPv6 hosts may be bracketed or not.
@@ -142,6 +161,16 @@ fn is_name_extender(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_scheme_host_and_port() {
+        assert_eq!(endpoint_of("http://u:p@Host.Example/x?y"), "http://host.example:80");
+        assert_eq!(endpoint_of("HTTPS://h:8443/soap"), "https://h:8443");
+        assert_eq!(endpoint_of("https://h"), "https://h:443");
+        assert_eq!(endpoint_of("http://[::1]/x"), "http://[::1]:80");
+        assert_eq!(endpoint_of("http://[::1]:81/x"), "http://[::1]:81");
+        assert_eq!(endpoint_of("http://svc:p@ss@h:9/x"), "http://h:9");
+    }
 
     #[test]
     fn names_are_non_empty_and_short() {

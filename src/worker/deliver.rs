@@ -2,24 +2,32 @@
 //! free request slots, hand them to the HTTP pool. Claims and outcomes each run in a short
 //! transaction on the main thread; HTTP runs on the pool's threads, outside any transaction.
 //!
-//! A message may use at most half of the request slots (at least one), so a slow or dead
-//! endpoint can never take them all: the others keep flowing while its requests time out.
+//! Request slots come from two budgets (see [`super::health`]): `max_connections` for healthy
+//! endpoints, of which one message uses at most half (at least one); and as many again for
+//! probes of endpoints that are unproven or failing. A request unanswered past
+//! `connect_timeout` is stuck: it leaves its budget (its endpoint gets nothing more until it
+//! ends), and while [`STUCK_PER_CONNECTION`] × `max_connections` are stuck no probe starts.
+//! However many endpoints are silent, slow or failing, a healthy endpoint's notifications find
+//! a free slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
+use super::endpoints;
 use super::fresh::NewGroupsFound;
+use super::health::{Allowance, Health};
 use super::pool::{Done, Job, Pool};
 use super::shmem;
-use crate::http::Limits;
+use crate::http::{Failure, Limits};
 use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
-use crate::queue::{self, Batch, ClaimLimits};
+use crate::queue::{self, Batch, ClaimLimits, Row};
 use crate::retry::{backoff, Jitter};
 use crate::soap::{self, Header, Notification};
 use crate::tls::{self, Identity};
+use crate::validate::endpoint_of;
 use crate::{certificates, guc, validate};
 
 /// Largest listener response read.
@@ -29,6 +37,14 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Longest sleep when nothing is due. Commits wake the worker; this timed look only catches
 /// what no commit announced (prepared transactions committed elsewhere).
 pub const IDLE_WAIT: Duration = Duration::from_secs(10);
+/// Requests that may be stuck (unanswered past `connect_timeout`) per `max_connections`
+/// before probes wait for some of them to end: each holds a thread.
+const STUCK_PER_CONNECTION: usize = 3;
+/// Most HTTP threads of a worker: the largest `max_connections` times healthy, probing and
+/// stuck requests.
+const MOST_THREADS: usize = 64 * (2 + STUCK_PER_CONNECTION);
+/// How often endpoints whose only change is their requests in flight are reported.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Delivers the queue of the worker's database.
 pub struct Deliverer {
@@ -39,6 +55,8 @@ pub struct Deliverer {
     jitter: Jitter,
     /// Batches refused without sending (endpoint no longer allowed), recorded next step.
     refused: Vec<Done>,
+    /// Batches claimed but not sent (their endpoint may take nothing now), released next step.
+    unsent: Vec<Row>,
     /// The `outbound_msg.ca_file` the pool's roots were loaded for.
     roots_for: Option<Option<String>>,
     /// Client identities by certificate name, with the fingerprint they were loaded at.
@@ -47,6 +65,14 @@ pub struct Deliverer {
     claimed_since_vacuum: usize,
     /// New groups (in no index) the worker knows of or still has to find, offered to claims.
     new_groups: NewGroupsFound,
+    /// Each endpoint's health.
+    health: Health,
+    /// The endpoint of each message, as defined; `None` until loaded.
+    endpoints: Option<HashMap<i64, String>>,
+    /// The endpoint of each job in flight.
+    jobs: HashMap<u64, String>,
+    next_job: u64,
+    last_report: Instant,
 }
 
 /// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
@@ -70,6 +96,7 @@ impl Settings {
             max_connections: guc::max_connections(),
             limits: Limits {
                 timeout: guc::timeout(),
+                connect_timeout: guc::connect_timeout(),
                 max_response_bytes: MAX_RESPONSE_BYTES,
             },
             retry_min: guc::retry_min_interval(),
@@ -82,6 +109,30 @@ impl Settings {
     fn per_message_slots(&self) -> usize {
         (self.max_connections / 2).max(1)
     }
+
+    /// How long a request may go unanswered before its endpoint counts as slow.
+    fn slow(&self) -> Duration {
+        self.limits.connect_timeout.min(self.limits.timeout)
+    }
+}
+
+/// What a claim may take: per message, and which endpoints it may probe.
+struct ClaimPlan {
+    allowances: Vec<(i64, usize)>,
+    /// Endpoints granted one probe in this claim.
+    probes: HashSet<String>,
+    /// Slots for healthy endpoints' requests.
+    healthy_free: usize,
+}
+
+/// What a claim transaction returns.
+struct Claimed {
+    new_groups: NewGroupsFound,
+    derived_organization_id: String,
+    batches: Vec<Batch>,
+    next_due: Option<Duration>,
+    fingerprints: HashMap<String, String>,
+    analyze: bool,
 }
 
 impl Deliverer {
@@ -97,10 +148,16 @@ impl Deliverer {
             derived_organization_id: None,
             jitter: Jitter::new(seed),
             refused: Vec::new(),
+            unsent: Vec::new(),
             roots_for: None,
             identities: HashMap::new(),
             claimed_since_vacuum: 0,
             new_groups: NewGroupsFound::at_start(),
+            health: Health::default(),
+            endpoints: None,
+            jobs: HashMap::new(),
+            next_job: 0,
+            last_report: Instant::now(),
         })
     }
 
@@ -116,20 +173,7 @@ impl Deliverer {
         let settings = Settings::current();
         self.pool.set_limits(settings.limits.clone());
         self.load_roots_if_changed();
-        if let Err(err) = self.pool.ensure_threads(settings.max_connections) {
-            warning!("outbound_msg: could not start HTTP threads: {err}");
-        }
-
-        let mut finished = self.pool.finished();
-        for done in &finished {
-            self.finish(done.message_id);
-        }
-        finished.append(&mut self.refused);
-        if !finished.is_empty() {
-            let outcomes = Outcomes::new(finished, &settings, &mut self.jitter);
-            // If recording fails, the leases run out and the notifications are sent again.
-            super::transaction(move || outcomes.record());
-        }
+        self.record_finished(&settings);
 
         let in_flight: usize = self.in_flight.values().sum();
         if self.claimed_since_vacuum >= VACUUM_AFTER_GROUPS
@@ -151,107 +195,70 @@ impl Deliverer {
         } else {
             c"idle"
         });
-        let free = settings.max_connections.saturating_sub(in_flight);
-        if free == 0 {
-            return Some(IDLE_WAIT);
+        if self.endpoints.is_none() || endpoints::definitions_changed() {
+            let loaded = super::transaction(|| {
+                if !extension_installed() {
+                    return None;
+                }
+                Some(self.load_endpoints())
+            });
+            match loaded {
+                Some(None) => return None,
+                Some(Some(Ok(()))) => {}
+                _ => return Some(Duration::from_secs(1)),
+            }
         }
-        let slots = settings.per_message_slots();
-        let reduced: Vec<(i64, usize)> = self
-            .in_flight
-            .iter()
-            .map(|(message, busy)| (*message, slots.saturating_sub(*busy) * settings.batch_size))
-            .collect();
+        let now = Instant::now();
+        let mut plan = self.plan(&settings, now);
+        if plan.allowances.is_empty() {
+            // No claim transaction will take PostgreSQL's invalidations: a transaction of
+            // its own does, so a message just defined or moved to another endpoint is seen.
+            let reloaded = super::transaction(|| {
+                endpoints::definitions_changed().then(|| self.load_endpoints())
+            });
+            if let Some(Some(Ok(()))) = reloaded {
+                plan = self.plan(&settings, now);
+            }
+        }
+        if plan.allowances.is_empty() {
+            self.report_endpoints(now);
+            return Some(self.health_wake(&settings, now).unwrap_or(IDLE_WAIT));
+        }
+        let total = (plan.healthy_free + plan.probes.len()) * settings.batch_size;
         let limits = ClaimLimits {
-            total: free * settings.batch_size,
-            per_message: slots * settings.batch_size,
-            reduced: &reduced,
+            total,
+            allowances: &plan.allowances,
             batch_size: settings.batch_size,
             lease: settings.limits.timeout + LEASE_MARGIN,
         };
-        let known = self.derived_organization_id.clone();
         let prepared_since = shmem::take_prepared(database);
-        let found = &mut self.new_groups;
-        let claimed = super::transaction(|| {
-            if !extension_installed() {
-                return None;
-            }
-            let derived = known.unwrap_or_else(derived_organization_id);
-            if let Ok(storage) = queue::storage() {
-                found.set_storage(storage);
-            }
-            let offered = found.offer(limits.total);
-            let batches = queue::claim(&limits, &offered).unwrap_or_else(|err| {
-                warning!(
-                    "outbound_msg: could not claim notifications: {}",
-                    err.message
-                );
-                Vec::new()
-            });
-            let excluded = limits.excluded();
-            let new_groups = found
-                .after_claim(offered.len(), &excluded, prepared_since)
-                .unwrap_or_else(|err| {
-                    warning!(
-                        "outbound_msg: could not index new notifications: {}",
-                        err.message
-                    );
-                    found.kept_after_failure(prepared_since)
-                });
-            let next_due = queue::next_due(excluded).ok().flatten();
-            let fingerprints = certificate_fingerprints(&batches);
-            let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
-            let analyze =
-                claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
-            Some((
-                new_groups,
-                derived,
-                batches,
-                next_due,
-                fingerprints,
-                analyze,
-            ))
-        });
-        let (new_groups, derived, batches, next_due, fingerprints, analyze) = match claimed {
-            Some(claimed) => claimed?,
-            None => {
-                self.new_groups = self.new_groups.kept_after_failure(prepared_since);
-                return Some(IDLE_WAIT.min(Duration::from_secs(1)));
-            }
+        let claimed = self.claim(&limits, prepared_since);
+        let Some(claimed) = claimed else {
+            self.new_groups = self.new_groups.kept_after_failure(prepared_since);
+            return Some(IDLE_WAIT.min(Duration::from_secs(1)));
         };
-        self.new_groups = new_groups;
-        let organization_id = guc::organization_id().unwrap_or_else(|| derived.clone());
-        self.derived_organization_id = Some(derived);
+        let claimed = claimed?;
+        self.new_groups = claimed.new_groups;
+        let organization_id = guc::organization_id()
+            .unwrap_or_else(|| claimed.derived_organization_id.clone());
+        self.derived_organization_id = Some(claimed.derived_organization_id);
 
-        let claimed_rows: usize = batches.iter().map(|b| b.notifications.len()).sum();
-        let claimed_groups: usize = batches.iter().map(|b| b.rows.len()).sum();
+        let claimed_rows: usize = claimed.batches.iter().map(|b| b.notifications.len()).sum();
+        let claimed_groups: usize = claimed.batches.iter().map(|b| b.rows.len()).sum();
         self.claimed_since_vacuum += claimed_groups;
         let header = HeaderValues {
             organization_id,
             enterprise_url: guc::enterprise_url(),
             partner_url: guc::partner_url(),
         };
-        let allowed = guc::allowed_endpoints();
-        for batch in batches {
-            if !validate::host_allowed(&allowed, &batch.endpoint_url) {
-                // Checked again before every send: the list may have shrunk since definition.
-                let reason = "endpoint host is not allowed by outbound_msg.allowed_endpoints";
-                self.refused.push(refusal(&batch, reason.into()));
-                continue;
-            }
-            let identity = match &batch.client_certificate {
-                None => None,
-                Some(name) => match self.identity(name, &fingerprints) {
-                    Ok(identity) => Some(identity),
-                    Err(reason) => {
-                        self.refused.push(refusal(&batch, reason));
-                        continue;
-                    }
-                },
-            };
-            *self.in_flight.entry(batch.message_id).or_default() += 1;
-            self.pool.submit(job(&header, batch, identity));
-        }
-        if analyze {
+        self.dispatch(
+            claimed.batches,
+            plan,
+            &header,
+            &claimed.fingerprints,
+            &settings,
+        );
+        if claimed.analyze {
             // After the requests are on their way, in a transaction of its own: a failure only
             // leaves the statistics as they were.
             super::transaction(|| {
@@ -260,14 +267,237 @@ impl Deliverer {
                 }
             });
         }
+        self.report_endpoints(now);
         Some(
-            if claimed_rows == limits.total || !self.refused.is_empty() {
+            if claimed_rows == total
+                || !self.refused.is_empty()
+                || !self.unsent.is_empty()
+                || endpoints::definitions_changed_pending()
+            {
                 Duration::ZERO
             } else {
                 let longest = self.new_groups.longest_sleep().unwrap_or(IDLE_WAIT);
-                next_due.unwrap_or(IDLE_WAIT).min(longest)
+                let health = self.health_wake(&settings, now).unwrap_or(IDLE_WAIT);
+                claimed.next_due.unwrap_or(IDLE_WAIT).min(longest).min(health)
             },
         )
+    }
+
+    /// Records what the HTTP threads finished and what was refused or left unsent: outcomes on
+    /// the queue, and on each endpoint's health.
+    fn record_finished(&mut self, settings: &Settings) {
+        let mut finished = self.pool.finished();
+        for done in &finished {
+            self.finish(done.message_id);
+        }
+        finished.append(&mut self.refused);
+        let unsent = std::mem::take(&mut self.unsent);
+        if finished.is_empty() && unsent.is_empty() {
+            return;
+        }
+        let outcomes = Outcomes::new(finished, settings, &mut self.jitter);
+        let now = Instant::now();
+        for (done, delay) in &outcomes.finished {
+            let Some(endpoint) = done.job.and_then(|job| self.jobs.remove(&job)) else {
+                continue;
+            };
+            let outcome = match &done.outcome {
+                Ok(()) => Ok(()),
+                Err(failure) => Err((failure.reason.as_str(), *delay)),
+            };
+            self.health
+                .finished(&endpoint, done.job.unwrap_or_default(), outcome, now);
+        }
+        // If recording fails, the leases run out and the notifications are sent again.
+        super::transaction(move || {
+            outcomes.record();
+            if !unsent.is_empty() {
+                if let Err(err) = queue::release(&unsent) {
+                    warning!("outbound_msg: could not release notifications: {}", err.message);
+                }
+            }
+        });
+    }
+
+    /// Loads every message's endpoint (in a transaction), and what previous workers reported
+    /// of their health the first time.
+    fn load_endpoints(&mut self) -> crate::error::Result<()> {
+        let urls = queue::endpoint_urls()?;
+        let first = self.endpoints.is_none();
+        let map: HashMap<i64, String> = urls
+            .into_iter()
+            .map(|(message, url)| (message, endpoint_of(&url)))
+            .collect();
+        if first {
+            endpoints::load(&mut self.health)?;
+        }
+        endpoints::watch_definitions(crate::catalog::definitions_table());
+        self.endpoints = Some(map);
+        Ok(())
+    }
+
+    /// What each message may take now: a healthy endpoint's messages what their free slots
+    /// allow; one message of each unproven or failing endpoint whose probe is due one batch,
+    /// while the probe budget lasts and not too many requests are stuck.
+    fn plan(&self, settings: &Settings, now: Instant) -> ClaimPlan {
+        let busy = self.health.in_flight(now, settings.slow());
+        let healthy_free = settings.max_connections.saturating_sub(busy.healthy);
+        let mut failing_free = settings
+            .max_connections
+            .saturating_sub(busy.probing)
+            .min((STUCK_PER_CONNECTION * settings.max_connections).saturating_sub(busy.stuck));
+        let slots = settings.per_message_slots();
+        let mut allowances = Vec::new();
+        let mut probes = HashSet::new();
+        let mut messages: Vec<(&i64, &String)> =
+            self.endpoints.iter().flatten().collect();
+        // Probes go to the oldest definitions first, the same each step.
+        messages.sort_unstable();
+        for (message, endpoint) in messages {
+            let busy = self.in_flight.get(message).copied().unwrap_or(0);
+            let allowed = match self.health.allowance(endpoint, now, settings.slow()) {
+                Allowance::Full if healthy_free > 0 => slots.saturating_sub(busy),
+                Allowance::Probe if failing_free > 0 && !probes.contains(endpoint) => {
+                    probes.insert(endpoint.clone());
+                    failing_free -= 1;
+                    1
+                }
+                _ => 0,
+            };
+            if allowed > 0 {
+                allowances.push((*message, allowed * settings.batch_size));
+            }
+        }
+        ClaimPlan {
+            allowances,
+            probes,
+            healthy_free,
+        }
+    }
+
+    /// Claims within `limits` in a transaction of its own; `None` if it failed, `Some(None)`
+    /// if the extension is not installed.
+    fn claim(&mut self, limits: &ClaimLimits, prepared_since: bool) -> Option<Option<Claimed>> {
+        let known = self.derived_organization_id.clone();
+        let found = &mut self.new_groups;
+        super::transaction(|| {
+            if !extension_installed() {
+                return None;
+            }
+            let derived = known.unwrap_or_else(derived_organization_id);
+            if let Ok(storage) = queue::storage() {
+                found.set_storage(storage);
+            }
+            let offered = found.offer(limits.total);
+            let batches = queue::claim(limits, &offered).unwrap_or_else(|err| {
+                warning!(
+                    "outbound_msg: could not claim notifications: {}",
+                    err.message
+                );
+                Vec::new()
+            });
+            let mut allowed: Vec<i64> = limits.allowances.iter().map(|(m, _)| *m).collect();
+            allowed.sort_unstable();
+            let new_groups = found
+                .after_claim(offered.len(), &allowed, prepared_since)
+                .unwrap_or_else(|err| {
+                    warning!(
+                        "outbound_msg: could not index new notifications: {}",
+                        err.message
+                    );
+                    found.kept_after_failure(prepared_since)
+                });
+            let next_due = queue::next_due(allowed).ok().flatten();
+            let fingerprints = certificate_fingerprints(&batches);
+            let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
+            let analyze =
+                claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
+            Some(Claimed {
+                new_groups,
+                derived_organization_id: derived,
+                batches,
+                next_due,
+                fingerprints,
+                analyze,
+            })
+        })
+    }
+
+    /// Hands the claimed batches to the HTTP threads: a healthy endpoint's as its slots allow,
+    /// one probe for each endpoint granted one; the rest go back to the queue unsent.
+    fn dispatch(
+        &mut self,
+        batches: Vec<Batch>,
+        mut plan: ClaimPlan,
+        header: &HeaderValues,
+        fingerprints: &HashMap<String, String>,
+        settings: &Settings,
+    ) {
+        let now = Instant::now();
+        let allowed = guc::allowed_endpoints();
+        for batch in batches {
+            if !validate::host_allowed(&allowed, &batch.endpoint_url) {
+                // Checked again before every send: the list may have shrunk since definition.
+                let reason = "endpoint host is not allowed by outbound_msg.allowed_endpoints";
+                self.refused.push(refusal(&batch, reason.into()));
+                continue;
+            }
+            let endpoint = endpoint_of(&batch.endpoint_url);
+            let probe = match self.health.allowance(&endpoint, now, settings.slow()) {
+                Allowance::Full => false,
+                Allowance::Probe if plan.probes.remove(&endpoint) => true,
+                _ => {
+                    self.unsent.extend(batch.rows);
+                    continue;
+                }
+            };
+            let identity = match &batch.client_certificate {
+                None => None,
+                Some(name) => match self.identity(name, fingerprints) {
+                    Ok(identity) => Some(identity),
+                    Err(reason) => {
+                        self.refused.push(refusal(&batch, reason));
+                        continue;
+                    }
+                },
+            };
+            self.next_job += 1;
+            let id = self.next_job;
+            self.health.sent(&endpoint, id, probe, now);
+            self.jobs.insert(id, endpoint);
+            *self.in_flight.entry(batch.message_id).or_default() += 1;
+            let threads = self.jobs.len().clamp(settings.max_connections, MOST_THREADS);
+            if let Err(err) = self.pool.ensure_threads(threads) {
+                warning!("outbound_msg: could not start HTTP threads: {err}");
+            }
+            self.pool.submit(job(id, header, batch, identity));
+        }
+    }
+
+    /// When the health of endpoints next needs a step: a failing endpoint's probe falls due,
+    /// or a request in flight becomes slow.
+    fn health_wake(&self, settings: &Settings, now: Instant) -> Option<Duration> {
+        self.health
+            .next_change(now, settings.slow())
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Writes what changed of endpoints' health to `outbound_msg.endpoint_health`: state
+    /// changes at once, requests in flight at most every [`REPORT_INTERVAL`].
+    fn report_endpoints(&mut self, now: Instant) {
+        let due = now.duration_since(self.last_report) >= REPORT_INTERVAL;
+        let reports = self.health.take_reports(due);
+        if reports.is_empty() {
+            return;
+        }
+        if due {
+            self.last_report = now;
+        }
+        super::transaction(|| {
+            if let Err(err) = endpoints::report(&reports) {
+                warning!("outbound_msg: could not report endpoint health: {}", err.message);
+            }
+        });
     }
 
     /// Loads the roots again when `outbound_msg.ca_file` changed (and at start).
@@ -345,10 +575,11 @@ fn report_state(state: &'static std::ffi::CStr) {
 /// A batch that fails without being sent.
 fn refusal(batch: &Batch, reason: String) -> Done {
     Done {
+        job: None,
         message_id: batch.message_id,
         rows: batch.rows.clone(),
         attempts: batch.attempts,
-        outcome: Err(reason),
+        outcome: Err(Failure::from(reason)),
     }
 }
 
@@ -370,7 +601,12 @@ fn certificate_fingerprints(batches: &[Batch]) -> HashMap<String, String> {
 }
 
 /// The SOAP message for one batch.
-fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identity>)>) -> Job {
+fn job(
+    id: u64,
+    values: &HeaderValues,
+    batch: Batch,
+    identity: Option<(String, Arc<Identity>)>,
+) -> Job {
     let action_id = salesforce_id(ACTION_PREFIX, batch.message_id as u64);
     let header = Header {
         organization_id: &values.organization_id,
@@ -390,6 +626,7 @@ fn job(values: &HeaderValues, batch: Batch, identity: Option<(String, Arc<Identi
         .collect();
     let body = soap::write_envelope(&header, &batch.object_type, &notifications);
     Job {
+        id,
         message_id: batch.message_id,
         rows: batch.rows,
         attempts: batch.attempts,
@@ -410,12 +647,20 @@ impl Outcomes {
         let finished = finished
             .into_iter()
             .map(|done| {
-                let delay = backoff(
+                let backoff = backoff(
                     done.attempts,
                     settings.retry_min,
                     settings.retry_max,
                     jitter.next_unit(),
                 );
+                // A listener's Retry-After (429, 503) is honoured, within retry_max_interval.
+                let delay = match &done.outcome {
+                    Err(Failure {
+                        retry_after: Some(asked),
+                        ..
+                    }) => (*asked).min(settings.retry_max),
+                    _ => backoff,
+                };
                 (done, delay)
             })
             .collect();
@@ -431,9 +676,13 @@ impl Outcomes {
         for (done, delay) in &self.finished {
             let recorded = match &done.outcome {
                 Ok(()) => queue::acknowledge(done.message_id, &done.rows),
-                Err(reason) => {
-                    queue::record_failure(done.message_id, &done.rows, reason, *delay, self.max_age)
-                }
+                Err(failure) => queue::record_failure(
+                    done.message_id,
+                    &done.rows,
+                    &failure.reason,
+                    *delay,
+                    self.max_age,
+                ),
             };
             if let Err(err) = recorded {
                 warning!(

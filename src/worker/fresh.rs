@@ -101,24 +101,24 @@ impl NewGroupsFound {
     }
 
     /// What is left to find after a claim that was offered `offered` groups (see [`offer`])
-    /// while the messages `busy` had no free connection: the offered groups it left go to the
-    /// back of the list, or into the index when their message is busy; then the sweep goes
-    /// on, and `prepared_since` (a prepared transaction wrote groups since the last call) is
-    /// taken into account. In the claim's transaction; the caller keeps the result if it
-    /// commits.
+    /// while only the messages `allowed` (sorted) could take any: the offered groups it left go
+    /// to the back of the list, or into the index when their message could take none (its
+    /// connections busy, its endpoint failing); then the sweep goes on, and `prepared_since` (a
+    /// prepared transaction wrote groups since the last call) is taken into account. In the
+    /// claim's transaction; the caller keeps the result if it commits.
     ///
     /// [`offer`]: Self::offer
     pub fn after_claim(
         &self,
         offered: usize,
-        busy: &[i64],
+        allowed: &[i64],
         prepared_since: bool,
     ) -> Result<NewGroupsFound> {
         let mut next = self.clone();
         let offered: Vec<u64> = next.listed.drain(..offered).map(|g| g.address).collect();
         let (waiting, kept): (Vec<_>, Vec<_>) = queue::still_new(&offered)?
             .into_iter()
-            .partition(|group| busy.contains(&group.message_id));
+            .partition(|group| allowed.binary_search(&group.message_id).is_err());
         let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
         next.listed.extend(kept.iter().map(|g| Listed {
             address: g.address,

@@ -9,7 +9,9 @@
 
 mod deliver;
 mod dropdb;
+mod endpoints;
 mod fresh;
+mod health;
 mod launcher;
 mod pool;
 pub mod shmem;

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use crate::http::{Client, Limits};
+use crate::http::{Client, Failure, Limits};
 use crate::queue::Row;
 use crate::tls::{Identity, Roots};
 
 /// One SOAP message to post.
 pub struct Job {
+    /// Numbers the worker's jobs, to match each outcome to its request.
+    pub id: u64,
     pub message_id: i64,
     /// The queue rows of its notifications.
     pub rows: Vec<Row>,
@@ -34,10 +36,12 @@ pub struct Job {
 
 /// The outcome of a job.
 pub struct Done {
+    /// The job's id; `None` for a batch refused without being sent.
+    pub job: Option<u64>,
     pub message_id: i64,
     pub rows: Vec<Row>,
     pub attempts: u32,
-    pub outcome: Result<(), String>,
+    pub outcome: Result<(), Failure>,
 }
 
 /// A pool of HTTP threads sharing one keep-alive client.
@@ -181,6 +185,7 @@ fn serve(
         };
         let outcome = client.deliver(&job.url, &job.body);
         let finished = Done {
+            job: Some(job.id),
             message_id: job.message_id,
             rows: job.rows,
             attempts: job.attempts,
@@ -206,12 +211,14 @@ mod tests {
         drop(listener);
         let limits = Limits {
             timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
             max_response_bytes: 1024,
         };
         let mut pool = Pool::new(limits, Err("no roots".into())).unwrap();
         pool.ensure_threads(2).unwrap();
         for _ in 0..3 {
             pool.submit(Job {
+                id: 1,
                 message_id: 7,
                 rows: Vec::new(),
                 attempts: 1,

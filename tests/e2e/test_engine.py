@@ -98,14 +98,15 @@ def test_a_message_with_every_connection_busy_leaves_the_worker_idle(db, table, 
     try:
         define(db, table, slow.url, "Busy")
         db.execute("INSERT INTO engine_t SELECT g, 'x' FROM generate_series(1, 20) g")
-        # max_connections 8: a message uses at most 4 of them; 16 notifications stay due.
-        wait_for(lambda: len(slow.requests) >= 4, what="four requests in flight")
+        # A new endpoint gets one request, a probe; once it answered, max_connections 8: a
+        # message uses at most 4 of them; 15 notifications stay due.
+        wait_for(lambda: len(slow.requests) >= 5, what="a probe, then four requests in flight")
         pid = worker_pid(db)
         before = cpu_seconds(pid)
         time.sleep(1)
         # A worker claiming in a loop uses about 1 s of CPU here; a waiting one next to none.
         assert cpu_seconds(pid) - before < 0.4
-        assert len(slow.requests) == 4
+        assert len(slow.requests) == 5
         wait_for(lambda: len(slow.notifications()) == 20, what="all twenty delivered in the end")
     finally:
         slow.stop()

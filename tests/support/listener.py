@@ -182,3 +182,20 @@ def parse_message(body):
             "fields": dict(fields),
         })
     return message
+
+
+class Silent:
+    """An endpoint that accepts TCP connections (the kernel completes them) and never answers:
+    a hung listener, or a firewall that black-holes the reply."""
+
+    def __init__(self):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(128)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}/notify"
+
+    def stop(self):
+        self.socket.close()
