@@ -142,7 +142,10 @@ impl Client {
         match err {
             ureq::Error::Timeout(ureq::Timeout::Connect) => format!(
                 "connection error: not connected within {} ms",
-                self.limits.connect_timeout.min(self.limits.timeout).as_millis()
+                self.limits
+                    .connect_timeout
+                    .min(self.limits.timeout)
+                    .as_millis()
             ),
             ureq::Error::Timeout(_) => {
                 format!("no answer within {} ms", self.limits.timeout.as_millis())
@@ -316,7 +319,10 @@ mod tests {
         let url = serve_once(
             "HTTP/1.1 500 Internal Server Error\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n",
         );
-        assert_eq!(client().deliver(&url, "<x/>").unwrap_err().retry_after, None);
+        assert_eq!(
+            client().deliver(&url, "<x/>").unwrap_err().retry_after,
+            None
+        );
         let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(
             retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
@@ -353,7 +359,10 @@ mod tests {
         let started = std::time::Instant::now();
         let failure = client.deliver(&url, "<x/>").unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5), "{failure:?}");
-        assert!(failure.reason.starts_with("no answer within 1000 ms"), "{failure:?}");
+        assert!(
+            failure.reason.starts_with("no answer within 1000 ms"),
+            "{failure:?}"
+        );
     }
 
     #[test]

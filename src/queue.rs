@@ -332,8 +332,11 @@ pub struct ClaimLimits<'a> {
 /// groups), and no claim reads more groups than it could take.
 pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
     let new_groups = tids_at(new_groups);
-    let (allowed_ids, allowed_counts): (Vec<i64>, Vec<i64>) =
-        limits.allowances.iter().map(|(m, n)| (*m, *n as i64)).unzip();
+    let (allowed_ids, allowed_counts): (Vec<i64>, Vec<i64>) = limits
+        .allowances
+        .iter()
+        .map(|(m, n)| (*m, *n as i64))
+        .unzip();
     Spi::connect_mut(|client| {
         let rows = kept_update(
             &CLAIM,
@@ -731,7 +734,11 @@ impl Selection {
 pub fn endpoint_urls() -> Result<Vec<(i64, String)>> {
     Spi::connect(|client| {
         client
-            .select("SELECT id, endpoint_url FROM outbound_msg.message", None, &[])?
+            .select(
+                "SELECT id, endpoint_url FROM outbound_msg.message",
+                None,
+                &[],
+            )?
             .map(|row| {
                 Ok((
                     row.get(1)?.unwrap_or_default(),

@@ -164,7 +164,10 @@ mod tests {
 
     #[test]
     fn endpoints_are_scheme_host_and_port() {
-        assert_eq!(endpoint_of("http://u:p@Host.Example/x?y"), "http://host.example:80");
+        assert_eq!(
+            endpoint_of("http://u:p@Host.Example/x?y"),
+            "http://host.example:80"
+        );
         assert_eq!(endpoint_of("HTTPS://h:8443/soap"), "https://h:8443");
         assert_eq!(endpoint_of("https://h"), "https://h:443");
         assert_eq!(endpoint_of("http://[::1]/x"), "http://[::1]:80");

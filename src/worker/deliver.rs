@@ -239,8 +239,8 @@ impl Deliverer {
         };
         let claimed = claimed?;
         self.new_groups = claimed.new_groups;
-        let organization_id = guc::organization_id()
-            .unwrap_or_else(|| claimed.derived_organization_id.clone());
+        let organization_id =
+            guc::organization_id().unwrap_or_else(|| claimed.derived_organization_id.clone());
         self.derived_organization_id = Some(claimed.derived_organization_id);
 
         let claimed_rows: usize = claimed.batches.iter().map(|b| b.notifications.len()).sum();
@@ -278,7 +278,11 @@ impl Deliverer {
             } else {
                 let longest = self.new_groups.longest_sleep().unwrap_or(IDLE_WAIT);
                 let health = self.health_wake(&settings, now).unwrap_or(IDLE_WAIT);
-                claimed.next_due.unwrap_or(IDLE_WAIT).min(longest).min(health)
+                claimed
+                    .next_due
+                    .unwrap_or(IDLE_WAIT)
+                    .min(longest)
+                    .min(health)
             },
         )
     }
@@ -313,7 +317,10 @@ impl Deliverer {
             outcomes.record();
             if !unsent.is_empty() {
                 if let Err(err) = queue::release(&unsent) {
-                    warning!("outbound_msg: could not release notifications: {}", err.message);
+                    warning!(
+                        "outbound_msg: could not release notifications: {}",
+                        err.message
+                    );
                 }
             }
         });
@@ -349,8 +356,7 @@ impl Deliverer {
         let slots = settings.per_message_slots();
         let mut allowances = Vec::new();
         let mut probes = HashSet::new();
-        let mut messages: Vec<(&i64, &String)> =
-            self.endpoints.iter().flatten().collect();
+        let mut messages: Vec<(&i64, &String)> = self.endpoints.iter().flatten().collect();
         // Probes go to the oldest definitions first, the same each step.
         messages.sort_unstable();
         for (message, endpoint) in messages {
@@ -466,7 +472,10 @@ impl Deliverer {
             self.health.sent(&endpoint, id, probe, now);
             self.jobs.insert(id, endpoint);
             *self.in_flight.entry(batch.message_id).or_default() += 1;
-            let threads = self.jobs.len().clamp(settings.max_connections, MOST_THREADS);
+            let threads = self
+                .jobs
+                .len()
+                .clamp(settings.max_connections, MOST_THREADS);
             if let Err(err) = self.pool.ensure_threads(threads) {
                 warning!("outbound_msg: could not start HTTP threads: {err}");
             }
@@ -495,7 +504,10 @@ impl Deliverer {
         }
         super::transaction(|| {
             if let Err(err) = endpoints::report(&reports) {
-                warning!("outbound_msg: could not report endpoint health: {}", err.message);
+                warning!(
+                    "outbound_msg: could not report endpoint health: {}",
+                    err.message
+                );
             }
         });
     }

@@ -224,8 +224,8 @@ impl Health {
         self.endpoints
             .values()
             .flat_map(|e| {
-                let probe = (e.state == State::Failing && e.in_flight.is_empty())
-                    .then_some(e.next_probe);
+                let probe =
+                    (e.state == State::Failing && e.in_flight.is_empty()).then_some(e.next_probe);
                 let slowing = e.in_flight.iter().map(|(_, started, _)| *started + slow);
                 probe.into_iter().chain(slowing)
             })
