@@ -239,7 +239,8 @@ impl Health {
         let mut reports = Vec::new();
         for (endpoint, known) in &mut self.endpoints {
             let in_flight = known.in_flight.len();
-            if !known.changed && !(in_flight_too && in_flight != known.reported_in_flight) {
+            let in_flight_changed = in_flight_too && in_flight != known.reported_in_flight;
+            if !(known.changed || in_flight_changed) {
                 continue;
             }
             known.changed = false;
