@@ -106,6 +106,21 @@ SELECT d.endpoint,
 COMMENT ON VIEW outbound_msg.endpoints IS
     'Each endpoint (scheme, host, port): health state, failures, last success and error, requests in flight, notifications queued';
 
+-- Databases served by a delivery worker, or waiting for one (at most outbound_msg.max_workers
+-- run at once): cluster-wide.
+CREATE VIEW outbound_msg.workers AS
+SELECT d.datname AS database,
+       w.pid,
+       CASE WHEN w.pid IS NOT NULL THEN 'serving'
+            WHEN w.waiting_since IS NOT NULL THEN 'waiting'
+            ELSE 'starting' END AS state,
+       to_timestamp(w.waiting_since) AS waiting_since
+  FROM outbound_msg.worker_slots() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database_oid
+ ORDER BY 1;
+COMMENT ON VIEW outbound_msg.workers IS
+    'Databases served by a delivery worker or waiting for one, cluster-wide';
+
 -- Client certificates, without their private keys.
 CREATE VIEW outbound_msg.client_certificates AS
 SELECT c.name,
@@ -255,7 +270,7 @@ GRANT EXECUTE ON FUNCTION outbound_msg.mask_credentials(text), outbound_msg.noti
     TO PUBLIC;
 REVOKE ALL ON outbound_msg.client_certificates FROM PUBLIC;
 REVOKE ALL ON outbound_msg.messages, outbound_msg.delivery_status, outbound_msg.delivery_stats,
-              outbound_msg.endpoints
+              outbound_msg.endpoints, outbound_msg.workers
     FROM PUBLIC;
 
 COMMENT ON FUNCTION outbound_msg.create_message(

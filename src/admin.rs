@@ -19,6 +19,31 @@ fn notification_id(number: i64) -> String {
     salesforce_id(NOTIFICATION_PREFIX, number as u64)
 }
 
+/// Every database a delivery worker serves or that waits for one (shared memory, so every
+/// database of the cluster): its OID, the worker's pid, and since when it waits (seconds since
+/// the Unix epoch). Read through the `outbound_msg.workers` view.
+#[pg_extern]
+fn worker_slots() -> TableIterator<
+    'static,
+    (
+        name!(database_oid, pg_sys::Oid),
+        name!(pid, Option<i32>),
+        name!(waiting_since, Option<f64>),
+    ),
+> {
+    let rows: Vec<_> = crate::worker::shmem::slots()
+        .into_iter()
+        .map(|slot| {
+            (
+                slot.database,
+                (slot.pid != 0).then_some(slot.pid),
+                slot.waiting_since_ms.map(|ms| ms as f64 / 1000.0),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// Asks this database's worker to look at the queue when the current transaction commits.
 /// `CREATE EXTENSION` calls it, so a new database is served without a restart.
 #[pg_extern]

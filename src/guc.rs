@@ -15,6 +15,8 @@ static RETRY_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static RETRY_MAX_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(7_200_000);
 static MAX_AGE_MS: GucSetting<i32> = GucSetting::<i32>::new(86_400_000);
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(8);
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+static WORKER_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static ORGANIZATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ALLOWED_ENDPOINTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -51,6 +53,26 @@ pub fn init() {
         &TIMEOUT_MS,
         100,
         3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.max_workers",
+        c"Most delivery workers running at once, one per database being served.",
+        c"Databases with work beyond this wait their turn: a worker gives its place up to a waiting database after a while. Each worker takes one of max_worker_processes.",
+        &MAX_WORKERS,
+        1,
+        crate::worker::shmem::MAX_DATABASES as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"outbound_msg.worker_idle_timeout",
+        c"How long a delivery worker with nothing queued stays before it exits.",
+        c"The next commit that queues a notification starts a worker again.",
+        &WORKER_IDLE_TIMEOUT_MS,
+        0,
+        86_400_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -188,6 +210,16 @@ pub fn batch_size() -> usize {
 /// `outbound_msg.timeout`.
 pub fn timeout() -> Duration {
     millis(&TIMEOUT_MS)
+}
+
+/// `outbound_msg.max_workers`.
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().max(1) as usize
+}
+
+/// `outbound_msg.worker_idle_timeout`.
+pub fn worker_idle_timeout() -> Duration {
+    millis(&WORKER_IDLE_TIMEOUT_MS)
 }
 
 /// `outbound_msg.connect_timeout`.

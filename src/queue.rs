@@ -730,6 +730,17 @@ impl Selection {
     }
 }
 
+/// Whether anything waits in the queue that is not expired (due now or later). In a
+/// transaction.
+pub fn has_work() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM outbound_msg.queue WHERE state <> 'expired')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true)
+}
+
 /// The endpoint URL of every message, for the worker's health bookkeeping.
 pub fn endpoint_urls() -> Result<Vec<(i64, String)>> {
     Spi::connect(|client| {

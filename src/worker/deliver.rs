@@ -73,6 +73,10 @@ pub struct Deliverer {
     jobs: HashMap<u64, String>,
     next_job: u64,
     last_report: Instant,
+    /// Notifications the last claim took.
+    last_claimed: usize,
+    /// Claims nothing more: the worker gives its place up once what is in flight has ended.
+    draining: bool,
 }
 
 /// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
@@ -137,6 +141,7 @@ struct Claimed {
 
 impl Deliverer {
     pub fn new() -> std::io::Result<Deliverer> {
+        endpoints::watch_definitions(None);
         let settings = Settings::current();
         let seed = std::process::id() as u64
             ^ std::time::SystemTime::now()
@@ -158,7 +163,31 @@ impl Deliverer {
             jobs: HashMap::new(),
             next_job: 0,
             last_report: Instant::now(),
+            last_claimed: 0,
+            draining: false,
         })
+    }
+
+    /// Whether the last step found nothing to send, nothing is in flight, and no new group is
+    /// left to find.
+    pub fn idle(&self) -> bool {
+        self.last_claimed == 0 && self.new_groups.settled() && self.quiet()
+    }
+
+    /// Whether nothing is in flight and every outcome is recorded.
+    fn quiet(&self) -> bool {
+        self.in_flight.is_empty() && self.refused.is_empty() && self.unsent.is_empty()
+    }
+
+    /// Claims nothing more from now on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether it drains and everything in flight has ended and been recorded (what it knew
+    /// of new groups is left to the next worker's sweep).
+    pub fn drained(&self) -> bool {
+        self.draining && self.quiet()
     }
 
     /// The socket that becomes readable when a delivery ends.
@@ -182,6 +211,11 @@ impl Deliverer {
             super::vacuum_queue();
             self.claimed_since_vacuum = 0;
         }
+        self.last_claimed = 0;
+        if self.draining {
+            // Commits keep asking for delivery (woken, fresh rows): the next worker serves them.
+            return Some(IDLE_WAIT);
+        }
         let paused = guc::pause_delivery();
         // SAFETY: reads this worker's database.
         let database = unsafe { pg_sys::MyDatabaseId };
@@ -195,7 +229,9 @@ impl Deliverer {
         } else {
             c"idle"
         });
-        if self.endpoints.is_none() || endpoints::definitions_changed() {
+        // Cleared before the transaction that reads them starts: a definition committed after
+        // its snapshot sets it again.
+        if endpoints::definitions_changed() || self.endpoints.is_none() {
             let loaded = super::transaction(|| {
                 if !extension_installed() {
                     return None;
@@ -209,21 +245,10 @@ impl Deliverer {
             }
         }
         let now = Instant::now();
-        let mut plan = self.plan(&settings, now);
-        if plan.allowances.is_empty() {
-            // No claim transaction will take PostgreSQL's invalidations: a transaction of
-            // its own does, so a message just defined or moved to another endpoint is seen.
-            let reloaded = super::transaction(|| {
-                endpoints::definitions_changed().then(|| self.load_endpoints())
-            });
-            if let Some(Some(Ok(()))) = reloaded {
-                plan = self.plan(&settings, now);
-            }
-        }
-        if plan.allowances.is_empty() {
-            self.report_endpoints(now);
-            return Some(self.health_wake(&settings, now).unwrap_or(IDLE_WAIT));
-        }
+        // A claim runs even when no message may take anything: it finds new groups (and
+        // indexes those of messages that cannot take them), and its transaction takes
+        // PostgreSQL's invalidations, so a message just defined or moved is seen next step.
+        let plan = self.plan(&settings, now);
         let total = (plan.healthy_free + plan.probes.len()) * settings.batch_size;
         let limits = ClaimLimits {
             total,
@@ -244,6 +269,7 @@ impl Deliverer {
         self.derived_organization_id = Some(claimed.derived_organization_id);
 
         let claimed_rows: usize = claimed.batches.iter().map(|b| b.notifications.len()).sum();
+        self.last_claimed = claimed_rows;
         let claimed_groups: usize = claimed.batches.iter().map(|b| b.rows.len()).sum();
         self.claimed_since_vacuum += claimed_groups;
         let header = HeaderValues {
@@ -269,7 +295,7 @@ impl Deliverer {
         }
         self.report_endpoints(now);
         Some(
-            if claimed_rows == total
+            if (total > 0 && claimed_rows == total)
                 || !self.refused.is_empty()
                 || !self.unsent.is_empty()
                 || endpoints::definitions_changed_pending()
@@ -338,7 +364,7 @@ impl Deliverer {
         if first {
             endpoints::load(&mut self.health)?;
         }
-        endpoints::watch_definitions(crate::catalog::definitions_table());
+        endpoints::watch_definitions(Some(crate::catalog::definitions_table()));
         self.endpoints = Some(map);
         Ok(())
     }

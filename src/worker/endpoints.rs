@@ -32,9 +32,12 @@ pub fn definitions_changed_pending() -> bool {
     CHANGED.get()
 }
 
-/// Watches the definitions table `relid` for changes (from the next transaction on).
-pub fn watch_definitions(relid: pg_sys::Oid) {
-    DEFINITIONS.set(relid);
+/// Watches the definitions table for changes: any relation's invalidation counts until its OID
+/// is known (`relid`). Call it before the first transaction that reads definitions.
+pub fn watch_definitions(relid: Option<pg_sys::Oid>) {
+    if let Some(relid) = relid {
+        DEFINITIONS.set(relid);
+    }
     if REGISTERED.replace(true) {
         return;
     }
@@ -46,7 +49,8 @@ pub fn watch_definitions(relid: pg_sys::Oid) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || relid == DEFINITIONS.get() {
+    let definitions = DEFINITIONS.get();
+    if relid == pg_sys::InvalidOid || definitions == pg_sys::InvalidOid || relid == definitions {
         CHANGED.set(true);
     }
 }

@@ -177,6 +177,12 @@ impl NewGroupsFound {
         kept
     }
 
+    /// Whether nothing is left to find: nothing listed, no sweep under way, no prepared
+    /// transaction that may hold new groups.
+    pub fn settled(&self) -> bool {
+        self.listed.is_empty() && self.sweep_from.is_none() && !self.prepared
+    }
+
     /// How long the worker may sleep at most before looking again: not at all while a sweep
     /// is under way, a little while groups are listed or prepared transactions wait.
     pub fn longest_sleep(&self) -> Option<Duration> {

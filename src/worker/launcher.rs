@@ -1,10 +1,12 @@
-//! The launcher: one static background worker, connected to no database, that starts a
-//! delivery worker for each database that asks for one.
+//! The launcher: one static background worker, connected to no database, that starts delivery
+//! workers for the databases that ask for one, at most `outbound_msg.max_workers` at once,
+//! those that have waited longest first.
 //!
 //! At start it asks for every connectable database; a worker whose database lacks the
-//! extension exits at once. Afterwards requests come from commits that queued notifications
-//! (including `CREATE EXTENSION`) and from workers that died and must be replaced. Restarts of
-//! one database are paced, so a worker that keeps failing cannot spin.
+//! extension, or has nothing to deliver, exits at once. Afterwards requests come from commits
+//! that queued notifications (including `CREATE EXTENSION`), and from workers that died or
+//! gave their place up while work remained. Restarts of one database are paced, so a worker
+//! that keeps failing cannot spin.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 
 use super::{reload_settings_if_asked, shmem};
+use crate::guc;
 
 /// Shortest time between two starts of a worker for the same database.
 const RESTART_PAUSE: Duration = Duration::from_secs(2);
@@ -35,12 +38,22 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
     let mut last_start: HashMap<u32, Instant> = HashMap::new();
     let mut deferred: Vec<pg_sys::Oid> = Vec::new();
     let mut sleep = Duration::ZERO;
+    let mut asked_all = Instant::now();
     while BackgroundWorker::wait_latch(Some(sleep)) {
         reload_settings_if_asked();
-        let mut wanted = shmem::take_wanted();
-        wanted.append(&mut deferred);
+        // While requests found no free slot, every database is asked again once a minute:
+        // those with nothing to do leave at once.
+        if asked_all.elapsed() >= IDLE_WAIT && shmem::take_overflowed() {
+            asked_all = Instant::now();
+            for database in connectable_databases() {
+                shmem::request_delivery(database, &[]);
+            }
+        }
         sleep = IDLE_WAIT;
-        for database in wanted {
+        for database in deferred.drain(..) {
+            shmem::start_failed(database);
+        }
+        for database in shmem::to_start(guc::max_workers()) {
             let since = last_start.get(&database.to_u32()).map(Instant::elapsed);
             match since {
                 Some(since) if since < RESTART_PAUSE => {
@@ -85,7 +98,7 @@ fn start_worker(database: pg_sys::Oid) -> bool {
             "outbound_msg: could not start a worker for database {}: no background worker slot is free",
             database.to_u32()
         );
-        warning!("outbound_msg: raise max_worker_processes");
+        warning!("outbound_msg: raise max_worker_processes, or lower outbound_msg.max_workers");
     }
     started.is_ok()
 }

@@ -1,11 +1,15 @@
 //! Background workers: a launcher (static, started by the postmaster once recovery has
-//! finished, so nothing runs on a standby until promotion) and one delivery worker per database
-//! that has the extension, started by the launcher (see [`launcher`]).
+//! finished, so nothing runs on a standby until promotion) and delivery workers, one per
+//! database being served, at most `outbound_msg.max_workers` at once, started by the launcher
+//! (see [`launcher`]).
 //!
 //! A worker is woken through its latch when a transaction that queued notifications commits
-//! ([`wake`]); otherwise it sleeps until the next retry is due. It stops when its database
-//! loses the extension, and before DROP DATABASE ([`dropdb`]); if it dies otherwise, the
-//! launcher starts a new one. The postmaster restarts the launcher if it dies.
+//! ([`wake`]); otherwise it sleeps until the next retry is due. It leaves when its database
+//! has nothing queued for `outbound_msg.worker_idle_timeout` (at once if another database waits
+//! for a worker), gives its place up after [`TURN`] when another database waits (finishing
+//! what it has in flight, then waiting for its own next turn), stops when its database loses
+//! the extension, and before DROP DATABASE ([`dropdb`]); if it dies otherwise, the launcher
+//! starts a new one. The postmaster restarts the launcher if it dies.
 
 mod deliver;
 mod dropdb;
@@ -18,18 +22,24 @@ pub mod shmem;
 pub mod wake;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
 
+use crate::{guc, queue};
+
 /// How soon the postmaster restarts a launcher that died.
 const LAUNCHER_RESTART: Duration = Duration::from_secs(5);
 
-/// Set when a worker leaves because its database has no extension: no replacement then.
-static LEAVING_FOR_GOOD: AtomicBool = AtomicBool::new(false);
+/// Cleared when a worker leaves with nothing left to do (its database has no extension, or
+/// nothing queued): no replacement then, until the next request.
+static REPLACE_ON_EXIT: AtomicBool = AtomicBool::new(true);
+
+/// How long a worker serves its database while another database waits for a worker.
+const TURN: Duration = Duration::from_secs(30);
 
 /// Sets up shared memory, the DROP DATABASE hook and the launcher. Only possible while
 /// `shared_preload_libraries` are loaded; a library loaded later (a plain `CREATE EXTENSION`
@@ -70,24 +80,57 @@ pub extern "C-unwind" fn outbound_msg_worker_main(argument: pg_sys::Datum) {
         Ok(deliverer) => deliverer,
         Err(err) => error!("outbound_msg: could not set up delivery: {err}"),
     };
+    let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
     while !BackgroundWorker::sigterm_received() {
         reload_settings_if_asked();
-        match deliverer.step() {
-            None => {
-                LEAVING_FOR_GOOD.store(true, Ordering::Relaxed);
+        let Some(sleep) = deliverer.step() else {
+            REPLACE_ON_EXIT.store(false, Ordering::Relaxed);
+            return;
+        };
+        let now = Instant::now();
+        if !deliverer.idle() || guc::pause_delivery() {
+            idle_since = None;
+        } else if idle_since.is_none() {
+            idle_since = Some(now);
+        }
+        let others_wait = shmem::others_waiting(database);
+        if others_wait && (idle_since.is_some() || now.duration_since(started) >= TURN) {
+            // Its place goes to a waiting database once what is in flight has ended.
+            deliverer.drain();
+        }
+        if deliverer.drained() {
+            // Replaced in its turn if anything is left to deliver.
+            let work_left = transaction(queue::has_work).unwrap_or(true);
+            REPLACE_ON_EXIT.store(work_left, Ordering::Relaxed);
+            return;
+        }
+        let idle_timeout = guc::worker_idle_timeout();
+        if idle_since.is_some_and(|since| now.duration_since(since) >= idle_timeout) {
+            if !transaction(queue::has_work).unwrap_or(true) {
+                REPLACE_ON_EXIT.store(false, Ordering::Relaxed);
                 return;
             }
-            Some(sleep) if !sleep.is_zero() => wait(sleep, deliverer.wake_fd()),
-            Some(_) => {}
+            // Something is due later (a retry): look again after another idle timeout.
+            idle_since = Some(now);
+        }
+        if !sleep.is_zero() {
+            let idle_left = idle_since
+                .map(|since| idle_timeout.saturating_sub(now.duration_since(since)))
+                .unwrap_or(sleep);
+            wait(
+                sleep.min(idle_left.max(Duration::from_millis(1))),
+                deliverer.wake_fd(),
+            );
         }
     }
 }
 
-/// Frees the worker's slot; asks for a replacement unless it left for good.
+/// Frees the worker's slot; asks for a replacement unless it left with nothing to do.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_worker_exit(_code: std::ffi::c_int, argument: pg_sys::Datum) {
     let database = pg_sys::Oid::from(argument.value() as u32);
-    shmem::detach_worker(database, !LEAVING_FOR_GOOD.load(Ordering::Relaxed));
+    shmem::detach_worker(database, REPLACE_ON_EXIT.load(Ordering::Relaxed));
 }
 
 /// Sleeps until the latch is set (a signal, a wake request), the socket becomes readable (a

@@ -1,6 +1,11 @@
 //! Shared memory of the launcher and the per-database workers: one slot per database being
-//! served, holding the worker's pid and latch, a flag asking the launcher for a worker, and the
-//! queue rows committed since the worker last looked (see [`FreshRows`]).
+//! served or waiting to be, holding the worker's pid and latch, a flag asking the launcher for
+//! a worker (and since when, so that waiting databases are served in turn), and the queue rows
+//! committed since the worker last looked (see [`FreshRows`]).
+//!
+//! At most `outbound_msg.max_workers` workers run at once; the launcher starts the databases
+//! that have waited longest first, and a worker gives its place up when others wait (see
+//! `worker::mod`).
 //!
 //! Latches live in the shared PGPROC array, so a latch's address is valid in every process of
 //! the cluster. Exists only when the library is preloaded; [`available`] says so, and every
@@ -13,7 +18,7 @@ use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
-/// Most databases served at once.
+/// Most databases served or waiting at once.
 pub const MAX_DATABASES: usize = 64;
 
 #[derive(Default)]
@@ -26,6 +31,13 @@ struct Slot {
     latch: usize,
     /// A commit queued work (or a worker must be restarted) and no worker runs.
     wanted: bool,
+    /// When it became wanted: a number from [`Shared::next_turn`], smaller is earlier.
+    wanted_turn: u64,
+    /// Since when (Unix milliseconds) it waits for a worker.
+    wanted_since_ms: u64,
+    /// The launcher started a worker for it (at this time, Unix milliseconds) that has not
+    /// attached yet; 0 when none.
+    starting_since_ms: u64,
     /// The worker is being stopped for DROP DATABASE: it must not be restarted.
     stopping: bool,
     /// A commit already set the worker's latch since its last claim: later commits need not.
@@ -114,6 +126,11 @@ impl Slot {
 struct Shared {
     launcher_latch: usize,
     slots: [Slot; MAX_DATABASES],
+    /// Turns handed out to wanted databases, in order.
+    next_turn: u64,
+    /// A database asked for a worker when no slot was free: the launcher asks every database
+    /// again once slots free up.
+    overflowed: bool,
 }
 
 impl Shared {
@@ -128,6 +145,8 @@ impl Default for Shared {
         Shared {
             launcher_latch: 0,
             slots: std::array::from_fn(|_| Slot::default()),
+            next_turn: 0,
+            overflowed: false,
         }
     }
 }
@@ -184,8 +203,10 @@ pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
         return;
     }
     let latch = {
-        let mut shared = SHARED.exclusive();
+        let mut guard = SHARED.exclusive();
+        let shared = &mut *guard;
         let launcher = shared.launcher_latch;
+        let turn = shared.next_turn;
         match slot_of(&mut shared.slots, database.to_u32(), true) {
             Some(slot) if slot.needs_no_wake() => 0,
             Some(slot) if slot.latch != 0 => {
@@ -193,13 +214,33 @@ pub fn request_delivery(database: pg_sys::Oid, fresh_rows: &[u64]) {
                 slot.latch
             }
             Some(slot) => {
-                slot.wanted = true;
+                if !slot.wanted {
+                    want(slot, turn);
+                    shared.next_turn += 1;
+                }
                 launcher
             }
-            None => 0,
+            None => {
+                // The launcher asks every database again once a minute meanwhile.
+                shared.overflowed = true;
+                0
+            }
         }
     };
     set_latch(latch);
+}
+
+/// Marks `slot` as wanting a worker, its turn `turn`.
+fn want(slot: &mut Slot, turn: u64) {
+    slot.wanted = true;
+    slot.wanted_turn = turn;
+    slot.wanted_since_ms = now_ms();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The slot of `database`, created if `create` and one is free.
@@ -222,16 +263,86 @@ pub fn register_launcher() {
     SHARED.exclusive().launcher_latch = my_latch();
 }
 
-/// Databases that want a worker and have none; clears their requests.
-pub fn take_wanted() -> Vec<pg_sys::Oid> {
+/// How long a started worker may take to attach before its start counts as failed.
+const START_WAIT_MS: u64 = 30_000;
+
+/// The databases a worker should be started for now: those that have waited longest, as many
+/// as `max_workers` leaves room for beside the workers running or starting. Marks them
+/// starting.
+pub fn to_start(max_workers: usize) -> Vec<pg_sys::Oid> {
     let mut shared = SHARED.exclusive();
-    shared
+    let now = now_ms();
+    for slot in shared.slots.iter_mut() {
+        if slot.starting_since_ms != 0 && now.saturating_sub(slot.starting_since_ms) > START_WAIT_MS
+        {
+            slot.starting_since_ms = 0;
+        }
+    }
+    let busy = shared
+        .slots
+        .iter()
+        .filter(|s| s.database != 0 && (s.pid != 0 || s.starting_since_ms != 0))
+        .count();
+    let mut waiting: Vec<&mut Slot> = shared
         .slots
         .iter_mut()
-        .filter(|s| s.database != 0 && s.wanted && s.pid == 0)
-        .map(|s| {
-            s.wanted = false;
-            pg_sys::Oid::from(s.database)
+        .filter(|s| s.database != 0 && s.wanted && s.pid == 0 && s.starting_since_ms == 0)
+        .collect();
+    waiting.sort_unstable_by_key(|s| s.wanted_turn);
+    waiting
+        .into_iter()
+        .take(max_workers.saturating_sub(busy))
+        .map(|slot| {
+            slot.starting_since_ms = now;
+            pg_sys::Oid::from(slot.database)
+        })
+        .collect()
+}
+
+/// The launcher could not start a worker for `database`: it waits on.
+pub fn start_failed(database: pg_sys::Oid) {
+    let mut shared = SHARED.exclusive();
+    if let Some(slot) = slot_of(&mut shared.slots, database.to_u32(), false) {
+        slot.starting_since_ms = 0;
+    }
+}
+
+/// Whether a database asked for a worker when no slot was free (clears the mark).
+pub fn take_overflowed() -> bool {
+    std::mem::take(&mut SHARED.exclusive().overflowed)
+}
+
+/// Whether another database waits for a worker.
+pub fn others_waiting(database: pg_sys::Oid) -> bool {
+    SHARED
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.database != 0 && s.database != database.to_u32() && s.wanted && s.pid == 0)
+}
+
+/// One database's slot, as `outbound_msg.workers` shows it.
+pub struct SlotState {
+    pub database: pg_sys::Oid,
+    pub pid: i32,
+    /// Unix milliseconds since which it waits for a worker, if it does.
+    pub waiting_since_ms: Option<u64>,
+}
+
+/// Every database served or waiting.
+pub fn slots() -> Vec<SlotState> {
+    if !available() {
+        return Vec::new();
+    }
+    SHARED
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.database != 0)
+        .map(|s| SlotState {
+            database: pg_sys::Oid::from(s.database),
+            pid: s.pid,
+            waiting_since_ms: (s.wanted && s.pid == 0).then_some(s.wanted_since_ms),
         })
         .collect()
 }
@@ -246,6 +357,7 @@ pub fn attach_worker(database: pg_sys::Oid) -> bool {
             slot.pid = pid;
             slot.latch = my_latch();
             slot.wanted = false;
+            slot.starting_since_ms = 0;
             slot.stopping = false;
             // The worker sweeps the queue first: what was announced before is in the sweep.
             slot.fresh.take();
@@ -293,20 +405,28 @@ pub fn take_prepared(database: pg_sys::Oid) -> bool {
 }
 
 /// Clears this worker's slot. With `restart`, the launcher starts a new worker (unless the
-/// database is being dropped); without, the slot is freed until the next request.
+/// database is being dropped), in its turn after the databases already waiting; without, the
+/// slot is freed until the next request, unless a commit asked for delivery since the worker
+/// last claimed (it would be lost otherwise).
 pub fn detach_worker(database: pg_sys::Oid, restart: bool) {
     let launcher = {
-        let mut shared = SHARED.exclusive();
+        let mut guard = SHARED.exclusive();
+        let shared = &mut *guard;
         let launcher = shared.launcher_latch;
+        let turn = shared.next_turn;
         let Some(slot) = slot_of(&mut shared.slots, database.to_u32(), false) else {
             return;
         };
-        let wanted = restart && !slot.stopping;
+        let asked = slot.woken || slot.fresh.count.load(Ordering::SeqCst) > 0;
+        let wanted = (restart || asked) && !slot.stopping;
         *slot = Slot {
             database: if wanted { slot.database } else { 0 },
-            wanted,
             ..Slot::default()
         };
+        if wanted {
+            want(slot, turn);
+            shared.next_turn += 1;
+        }
         launcher
     };
     set_latch(launcher);

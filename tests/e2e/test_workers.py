@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from support.cluster import Cluster, cpu_seconds, wait_for, worker_pid, worker_state
-from support.listener import Listener
+from support.listener import ACK, Listener
 
 
 def workers(db):
@@ -61,8 +61,6 @@ def test_two_databases_are_served_at_once_without_a_restart(cluster, db, databas
         wait_for(lambda: first.notifications() and second.notifications(), what="both deliveries")
         assert [n["fields"]["v"] for n in first.notifications()] == ["from one"]
         assert [n["fields"]["v"] for n in second.notifications()] == ["from two"]
-        served = {name for _, name in workers(db)}
-        assert {"served_one", "served_two"} <= served
         one.close()
         two.close()
     finally:
@@ -335,3 +333,63 @@ def test_new_groups_moved_by_vacuum_full_before_the_worker_took_them_are_sent(db
             ["first", "x", "x", "x", "y", "z"]
     finally:
         db.execute("DROP TABLE IF EXISTS moved, filler")
+
+
+def test_more_databases_than_workers_are_all_served_in_turn(cluster, db, database, reload_with):
+    """Twelve databases at max_workers 4 (and the default max_worker_processes 8): each
+    delivers; workers leave when idle and others wait."""
+    listeners = [Listener() for _ in range(12)]
+    connections = []
+    try:
+        for n, listener in enumerate(listeners):
+            conn = database(f"turns_{n}")
+            serve(conn, listener.url)
+            connections.append(conn)
+        for conn in connections:
+            conn.execute("INSERT INTO w VALUES (1, 'x')")
+        for n, listener in enumerate(listeners):
+            wait_for(lambda: listener.notifications(), timeout=60, what=f"delivery in turns_{n}")
+        assert len(workers(db)) <= 4 + 1, "at most max_workers (and this database's)"
+    finally:
+        for conn in connections:
+            conn.close()
+        for listener in listeners:
+            listener.stop()
+
+
+def test_a_database_waiting_for_a_worker_is_visible(cluster, db, database, reload_with):
+    reload_with(max_workers="1")
+    busy_listener = Listener(lambda _request: (time.sleep(1.5), (200, ACK))[1])
+    waiting_listener = Listener()
+    try:
+        busy, waiting = database("turn_busy"), database("turn_waiting")
+        serve(busy, busy_listener.url)
+        serve(waiting, waiting_listener.url)
+        # Only one worker runs: the postgres database's leaves, idle, when others wait.
+        busy.execute("INSERT INTO w SELECT g, 'b' FROM generate_series(1, 5) g")
+        wait_for(lambda: busy_listener.requests, what="the busy database served")
+        waiting.execute("INSERT INTO w VALUES (1, 'w')")
+        row = wait_for(lambda: db.execute(
+            "SELECT state, waiting_since IS NOT NULL FROM outbound_msg.workers "
+            "WHERE database = 'turn_waiting' AND state = 'waiting'").fetchone(),
+            what="the waiting database shown")
+        assert row == ("waiting", True)
+        wait_for(lambda: waiting_listener.notifications(), timeout=60,
+                 what="the waiting database served once the busy one is idle")
+        assert len(busy_listener.notifications()) == 5
+    finally:
+        busy_listener.stop()
+        waiting_listener.stop()
+
+
+def test_an_idle_worker_leaves_and_the_next_commit_brings_one_back(database, listener,
+                                                                 reload_with):
+    reload_with(worker_idle_timeout="1s")
+    db = database("idle_leaves")
+    serve(db, listener.url)
+    db.execute("INSERT INTO w VALUES (1, 'a')")
+    wait_for(lambda: listener.notifications(), what="a delivery")
+    wait_for(lambda: worker_pid(db) is None, what="the idle worker to leave")
+    db.execute("INSERT INTO w VALUES (2, 'b')")
+    wait_for(lambda: len(listener.notifications()) == 2, what="a new worker's delivery")
+    db.close()
