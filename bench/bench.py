@@ -10,6 +10,9 @@ bench/run.sh, which installs and builds first.
   4. latency:         20 single-row commits per second for 30 s, commit timestamp to arrival
   5. scale:           a 1,000,000 backlog drained three times: worker peak RSS, rate of the
                       first and last tenth (median drain), queue size after each VACUUM
+  6. isolation:       a healthy endpoint's commit-to-listener latency and burst throughput,
+                      with none and then with 100 silent endpoints holding backlogs (default
+                      settings: their requests hang for the whole 60 s timeout)
 """
 
 import argparse
@@ -26,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from support.cluster import Cluster, free_port, worker_state  # noqa: E402
 from support.cluster import worker_pid as cluster_worker_pid  # noqa: E402
-from support.listener import ACK, Listener, parse_message  # noqa: E402
+from support.listener import ACK, Listener, Silent, parse_message  # noqa: E402
 
 RESULTS = []
 
@@ -286,6 +289,93 @@ def bench_latency(db, per_second=20, seconds=30):
         listener.stop()
 
 
+def delivered_by(db, message):
+    return db.execute("SELECT coalesce(sum(s.delivered), 0) FROM outbound_msg.message_stats s "
+                      "JOIN outbound_msg.message m ON m.id = s.message_id "
+                      "WHERE m.unique_name = %s", (message,)).fetchone()[0]
+
+
+def healthy_figures(db, per_second, seconds, burst):
+    """p50 and p99 of commit-to-arrival latency of single-row commits to a healthy listener,
+    then the rate of a burst of `burst` notifications to nginx (table `captured`)."""
+    arrivals = {}
+
+    def record(request):
+        now = time.time()
+        for n in parse_message(request["body"])["notifications"]:
+            arrivals[n["fields"]["Id"]] = now
+        return 200, ACK
+
+    listener = Listener(record)
+    try:
+        db.execute("DROP TABLE IF EXISTS iso_latency")
+        db.execute("CREATE TABLE iso_latency (id int PRIMARY KEY, v text)")
+        db.execute("SELECT outbound_msg.create_message('iso_latency', 'IsoLat', 'IsoLat', %s, "
+                   "ARRAY['v'], 'postgres')", (listener.url,))
+        db.execute("INSERT INTO iso_latency VALUES (-1, 'warm')")  # its endpoint proven healthy
+        while "-1" not in arrivals:
+            time.sleep(0.01)
+        start = time.monotonic()
+        for n in range(per_second * seconds):
+            time.sleep(max(0, start + n / per_second - time.monotonic()))
+            db.execute("INSERT INTO iso_latency VALUES (%s, 'x')", (n,))
+        deadline = time.monotonic() + 120
+        while len(arrivals) < per_second * seconds + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        commits = dict(db.execute("SELECT id::text, extract(epoch FROM "
+                                  "pg_xact_commit_timestamp(xmin))::float8 FROM iso_latency "
+                                  "WHERE id >= 0").fetchall())
+        latencies = sorted((arrivals[k] - c) * 1000 for k, c in commits.items() if k in arrivals)
+        missing = len(commits) - len(latencies)
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if not missing else float("inf")
+        before = delivered_by(db, "Bench")
+        with db.transaction():
+            db.execute(f"INSERT INTO captured {ROWS}", (burst,))
+        committed = time.perf_counter()
+        while delivered_by(db, "Bench") < before + burst:
+            time.sleep(0.005)
+        rate = burst / (time.perf_counter() - committed)
+        db.execute("TRUNCATE captured")
+        db.execute("DROP TABLE iso_latency")
+        return p50, p99, rate
+    finally:
+        listener.stop()
+
+
+def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_000):
+    print(f"
+6. Isolation: a healthy endpoint beside {silent_count} silent endpoints with "
+          f"backlogs; {per_second} commits/s for {seconds} s, then a burst of {burst:,}")
+    wait_drained(db)
+    base_p50, base_p99, base_rate = healthy_figures(db, per_second, seconds, burst)
+    silent = [Silent() for _ in range(silent_count)]
+    try:
+        db.execute("CREATE TABLE iso_silent (id int PRIMARY KEY, v text)")
+        for n, endpoint in enumerate(silent):
+            db.execute("SELECT outbound_msg.create_message('iso_silent', %s, %s, %s, "
+                       "ARRAY['v'], 'postgres')", (f"S{n}", f"S{n}", endpoint.url))
+        db.execute("INSERT INTO iso_silent SELECT g, 'x' FROM generate_series(1, 100) g")
+        time.sleep(2)  # their probes are out and hanging
+        p50, p99, rate = healthy_figures(db, per_second, seconds, burst)
+        stuck = db.execute("SELECT count(*) FILTER (WHERE requests_in_flight > 0) "
+                           "FROM outbound_msg.endpoints WHERE state <> 'healthy'").fetchone()[0]
+        report("latency p50, no silent endpoint", base_p50, "ms")
+        report("latency p99, no silent endpoint", base_p99, "ms")
+        report(f"latency p50, {silent_count} silent", p50, "ms", baseline=base_p50)
+        report(f"latency p99, {silent_count} silent", p99, "ms", baseline=base_p99,
+               target="<= 100 ms", met=p99 <= 100)
+        report("burst throughput, no silent endpoint", base_rate, "notifications/s")
+        report(f"burst throughput, {silent_count} silent", rate, "notifications/s",
+               baseline=base_rate, ratio=rate / base_rate, target="ratio >= 0.8",
+               met=rate / base_rate >= 0.8)
+        report("silent endpoints with a request hanging", stuck, "")
+    finally:
+        db.execute("DROP TABLE IF EXISTS iso_silent")
+        for endpoint in silent:
+            endpoint.stop()
+
+
 def worker_pid(db):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -407,7 +497,7 @@ def main():
     parser.add_argument("--oltp-rounds", type=int, default=3)
     parser.add_argument("--oltp-seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--only", default="bulk,oltp,throughput,latency,scale",
+    parser.add_argument("--only", default="bulk,oltp,throughput,latency,scale,isolation",
                         help="comma-separated sections to run")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -427,6 +517,7 @@ def main():
             "throughput": lambda: bench_throughput(db, args.rounds),
             "latency": lambda: bench_latency(db),
             "scale": lambda: bench_scale(db, args.backlog),
+            "isolation": lambda: bench_isolation(db),
         }
         for name, run in sections.items():
             if name in only:
