@@ -329,6 +329,7 @@ def healthy_figures(db, per_second, seconds, burst):
         missing = len(commits) - len(latencies)
         p50 = statistics.median(latencies)
         p99 = latencies[int(len(latencies) * 0.99) - 1] if not missing else float("inf")
+        db.execute("TRUNCATE captured")
         before = delivered_by(db, "Bench")
         with db.transaction():
             db.execute(f"INSERT INTO captured {ROWS}", (burst,))
@@ -344,8 +345,7 @@ def healthy_figures(db, per_second, seconds, burst):
 
 
 def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_000):
-    print(f"
-6. Isolation: a healthy endpoint beside {silent_count} silent endpoints with "
+    print(f"\n6. Isolation: a healthy endpoint beside {silent_count} silent endpoints with "
           f"backlogs; {per_second} commits/s for {seconds} s, then a burst of {burst:,}")
     wait_drained(db)
     base_p50, base_p99, base_rate = healthy_figures(db, per_second, seconds, burst)

@@ -245,6 +245,7 @@ impl Deliverer {
             }
         }
         let now = Instant::now();
+        self.health.mark_slow(now, settings.slow());
         // A claim runs even when no message may take anything: it finds new groups (and
         // indexes those of messages that cannot take them), and its transaction takes
         // PostgreSQL's invalidations, so a message just defined or moved is seen next step.
@@ -381,23 +382,32 @@ impl Deliverer {
             .min((STUCK_PER_CONNECTION * settings.max_connections).saturating_sub(busy.stuck));
         let slots = settings.per_message_slots();
         let mut allowances = Vec::new();
-        let mut probes = HashSet::new();
-        let mut messages: Vec<(&i64, &String)> = self.endpoints.iter().flatten().collect();
-        // Probes go to the oldest definitions first, the same each step.
-        messages.sort_unstable();
-        for (message, endpoint) in messages {
+        let mut candidates = Vec::new();
+        for (message, endpoint) in self.endpoints.iter().flatten() {
             let busy = self.in_flight.get(message).copied().unwrap_or(0);
-            let allowed = match self.health.allowance(endpoint, now, settings.slow()) {
-                Allowance::Full if healthy_free > 0 => slots.saturating_sub(busy),
-                Allowance::Probe if failing_free > 0 && !probes.contains(endpoint) => {
-                    probes.insert(endpoint.clone());
-                    failing_free -= 1;
-                    1
+            match self.health.allowance(endpoint, now, settings.slow()) {
+                Allowance::Full if healthy_free > 0 && busy < slots => {
+                    allowances.push((*message, (slots - busy) * settings.batch_size));
                 }
-                _ => 0,
-            };
-            if allowed > 0 {
-                allowances.push((*message, allowed * settings.batch_size));
+                Allowance::Probe => candidates.push((
+                    self.health.probe_priority(endpoint, now),
+                    *message,
+                    endpoint,
+                )),
+                _ => {}
+            }
+        }
+        // Probes are scarce while many endpoints fail: a new endpoint first, then the one
+        // whose probe is overdue longest (the oldest definition of each endpoint probes it).
+        candidates.sort_unstable();
+        let mut probes = HashSet::new();
+        for (_, message, endpoint) in candidates {
+            if failing_free == 0 {
+                break;
+            }
+            if probes.insert(endpoint.clone()) {
+                failing_free -= 1;
+                allowances.push((message, settings.batch_size));
             }
         }
         ClaimPlan {

@@ -2,7 +2,11 @@
 //! they wrote them ([`super::wake`]), and a claim takes them from there. Only those a claim
 //! leaves while their message's connections are all busy go into the queue's index, to wait
 //! there. The worker sweeps the whole queue for new groups when it starts, when more came than
-//! the shared memory holds, and while prepared transactions (whose commit lists nothing) wait.
+//! the shared memory holds, while prepared transactions (whose commit lists nothing) wait, and
+//! every [`FULL_SWEEP_INTERVAL`] whatever it was told: under a heavy concurrent load (eight
+//! pgbench clients committing beside a worker that delivers and vacuums) some new groups were
+//! neither listed nor swept until the worker restarted, and until that is understood a periodic
+//! sweep bounds how long any can wait.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,8 @@ const MOST_LISTED: usize = 10_000;
 /// While prepared transactions wait, the queue is swept at most this often; new groups another
 /// transaction had locked are tried again as often.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The queue is swept whole at least this often.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A new group the worker knows the address of (`block << 16 | offset`).
 #[derive(Clone, Copy)]
@@ -46,6 +52,8 @@ pub struct NewGroupsFound {
     /// Prepared transactions may hold new groups: sweep until none is left.
     prepared: bool,
     last_prepared_sweep: Option<Instant>,
+    /// When the last sweep from the queue's start began.
+    last_full_sweep: Instant,
     /// The queue's storage the addresses are in (see `queue::storage`).
     storage: u32,
 }
@@ -58,6 +66,7 @@ impl NewGroupsFound {
             sweep_from: Some(0),
             prepared: true,
             last_prepared_sweep: None,
+            last_full_sweep: Instant::now(),
             storage: 0,
         }
     }
@@ -146,6 +155,12 @@ impl NewGroupsFound {
                 next.last_prepared_sweep = Some(Instant::now());
             }
         }
+        if next.sweep_from.is_none() && next.last_full_sweep.elapsed() >= FULL_SWEEP_INTERVAL {
+            next.sweep_from = Some(0);
+        }
+        if next.sweep_from == Some(0) {
+            next.last_full_sweep = Instant::now();
+        }
         // A sweep lists more only as claims take what it listed.
         if let Some(block) = next.sweep_from.filter(|_| next.listed.len() < SWEEP_STEP) {
             let (found, more_from) = queue::sweep(block, SWEEP_STEP)?;
@@ -188,8 +203,10 @@ impl NewGroupsFound {
     pub fn longest_sleep(&self) -> Option<Duration> {
         if self.sweep_from.is_some() {
             Some(Duration::ZERO)
+        } else if self.prepared || !self.listed.is_empty() {
+            Some(RETRY_INTERVAL)
         } else {
-            (self.prepared || !self.listed.is_empty()).then_some(RETRY_INTERVAL)
+            Some(FULL_SWEEP_INTERVAL.saturating_sub(self.last_full_sweep.elapsed()))
         }
     }
 }

@@ -162,6 +162,15 @@ impl Health {
         }
     }
 
+    /// Which endpoint to probe first when probes are scarce: one that never failed (new, or
+    /// not answered yet) before one that did, then the one whose probe has been due longest.
+    pub fn probe_priority(&self, endpoint: &str, now: Instant) -> (bool, Instant) {
+        match self.endpoints.get(endpoint) {
+            Some(known) => (known.consecutive_failures > 0, known.next_probe),
+            None => (false, now),
+        }
+    }
+
     /// Requests in flight, by what they count against.
     pub fn in_flight(&self, now: Instant, slow: Duration) -> InFlight {
         let mut counts = InFlight::default();
@@ -175,6 +184,22 @@ impl Health {
             }
         }
         counts
+    }
+
+    /// Shows endpoints with a request unanswered for `slow` as failing (their state in the
+    /// `endpoints` view), without counting a failure: the request may still succeed.
+    pub fn mark_slow(&mut self, now: Instant, slow: Duration) {
+        for known in self.endpoints.values_mut() {
+            if known.state != State::Failing && known.slow(now, slow) {
+                known.state = State::Failing;
+                known.failing_since = Some(SystemTime::now());
+                known.last_error = Some(format!(
+                    "no answer within {} ms (outbound_msg.connect_timeout); still waiting",
+                    slow.as_millis()
+                ));
+                known.changed = true;
+            }
+        }
     }
 
     /// Records request `job` to `endpoint`, sent now; `probe` when it comes out of the probe
@@ -333,6 +358,10 @@ mod tests {
         assert_eq!(health.allowance("e", later, SLOW), Allowance::Nothing);
         let counts = health.in_flight(later, SLOW);
         assert_eq!((counts.healthy, counts.probing, counts.stuck), (0, 0, 2));
+        health.mark_slow(later, SLOW);
+        let report = health.take_reports(false);
+        assert!(report.iter().all(|r| r.state == State::Failing));
+        assert_eq!(report.len(), 2);
         health.finished("e", 2, Ok(()), later);
         assert_eq!(health.allowance("e", later, SLOW), Allowance::Full);
     }

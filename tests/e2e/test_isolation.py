@@ -65,6 +65,13 @@ def test_silent_endpoints_with_backlogs_do_not_delay_a_healthy_one(db, tables, l
         # Probes: at most max_connections (8) young ones, and 3 x 8 unanswered past
         # connect_timeout.
         assert sum(n for _, n in states) <= 32
+        # Unanswered past connect_timeout (5 s), each shows as failing, long before its
+        # request times out.
+        wait_for(lambda: db.execute(
+            "SELECT bool_and(state = 'failing' AND last_error LIKE 'no answer within%%') "
+            "FROM outbound_msg.endpoints WHERE endpoint IN (SELECT outbound_msg.endpoint_of("
+            "endpoint_url) FROM outbound_msg.message WHERE object = 'iso_silent'::regclass)"
+        ).fetchone()[0], timeout=30, what="every silent endpoint shown failing")
     finally:
         db.execute("DROP TABLE iso_silent")
         for endpoint_ in silent:

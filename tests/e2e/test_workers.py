@@ -336,9 +336,9 @@ def test_new_groups_moved_by_vacuum_full_before_the_worker_took_them_are_sent(db
 
 
 def test_more_databases_than_workers_are_all_served_in_turn(cluster, db, database, reload_with):
-    """Twelve databases at max_workers 4 (and the default max_worker_processes 8): each
+    """Twenty databases at max_workers 4 (and the default max_worker_processes 8): each
     delivers; workers leave when idle and others wait."""
-    listeners = [Listener() for _ in range(12)]
+    listeners = [Listener() for _ in range(20)]
     connections = []
     try:
         for n, listener in enumerate(listeners):

@@ -69,13 +69,22 @@ class Cluster:
         return psycopg.connect(host="127.0.0.1", port=self.port, user=user,
                                dbname=dbname, autocommit=True, **kwargs)
 
+    def stop_immediate(self):
+        """Stops the server as a crash would (`pg_ctl stop -m immediate`), keeping its data."""
+        self._run("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop")
+
+    def start(self):
+        """Starts the server again after `stop_immediate` (crash recovery runs first)."""
+        self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "start")
+
     def log(self):
         with open(self.logfile) as f:
             return f.read()
 
     def stop(self):
         try:
-            self._run("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop")
+            if os.path.exists(os.path.join(self.datadir, "postmaster.pid")):
+                self._run("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
