@@ -54,6 +54,14 @@ def try_connect(cluster, dbname):
         return None
 
 
+def gone(db):
+    try:
+        db.execute("SELECT 1")
+        return False
+    except psycopg.OperationalError:
+        return True
+
+
 def define(db, url):
     db.execute("CREATE TABLE IF NOT EXISTS f (id int PRIMARY KEY, v text)")
     db.execute("SELECT outbound_msg.create_message('f', 'F', 'F', %s, ARRAY['v'], 'postgres')",
@@ -120,6 +128,9 @@ def test_a_worker_killed_mid_backlog_loses_nothing(own_cluster):
         wait_for(lambda: len(listener.requests) >= 3, what="deliveries under way")
         pid = wait_for(lambda: worker_pid(db), what="the worker")
         os.kill(pid, signal.SIGKILL)  # PostgreSQL restarts every process
+        # Until the postmaster has ended every session, a new one may still be of the old
+        # server: connect once this one is gone.
+        wait_for(lambda: gone(db), what="the crash restart")
         db.close()
         db = connect(own_cluster)
         check_everything_arrived(db, listener, "SIGKILL")
