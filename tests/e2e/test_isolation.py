@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from support.cluster import wait_for
-from support.listener import ACK, Listener, Silent, status
+from support.listener import ACK, Dripping, Listener, Silent, status
 
 SILENT = 20
 
@@ -124,3 +124,19 @@ def test_retry_after_is_honoured_within_retry_max_interval(db, tables, reload_wi
         assert len(busy.requests) == 1
     finally:
         busy.stop()
+
+
+def test_a_dripping_listener_is_cut_off_at_the_timeout(db, tables):
+    """A listener answering a byte a second never finishes: the whole exchange is bounded by
+    outbound_msg.timeout (2 s in these tests), and the notification is retried."""
+    dripping = Dripping()
+    try:
+        define(db, "iso_healthy", "Dripping", dripping.url)
+        db.execute("INSERT INTO iso_healthy VALUES (1, 'd')")
+        error = wait_for(lambda: db.execute(
+            "SELECT last_error FROM outbound_msg.delivery_status WHERE message = 'Dripping' "
+            "AND last_error IS NOT NULL").fetchone(), what="the cut-off attempt")[0]
+        assert error == "no answer within 2000 ms"
+        wait_for(lambda: dripping.connections >= 2, what="a retry")
+    finally:
+        dripping.stop()
