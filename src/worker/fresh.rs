@@ -54,6 +54,8 @@ pub struct NewGroupsFound {
     last_prepared_sweep: Option<Instant>,
     /// When the last sweep from the queue's start began.
     last_full_sweep: Instant,
+    /// The last sweep listed groups no claim was offered yet: claim again at once.
+    just_listed: bool,
     /// The queue's storage the addresses are in (see `queue::storage`).
     storage: u32,
 }
@@ -67,6 +69,7 @@ impl NewGroupsFound {
             prepared: true,
             last_prepared_sweep: None,
             last_full_sweep: Instant::now(),
+            just_listed: false,
             storage: 0,
         }
     }
@@ -162,8 +165,10 @@ impl NewGroupsFound {
             next.last_full_sweep = Instant::now();
         }
         // A sweep lists more only as claims take what it listed.
+        next.just_listed = false;
         if let Some(block) = next.sweep_from.filter(|_| next.listed.len() < SWEEP_STEP) {
             let (found, more_from) = queue::sweep(block, SWEEP_STEP)?;
+            next.just_listed = !found.is_empty();
             next.listed.extend(found.into_iter().map(Listed::announced));
             next.sweep_from = more_from;
         }
@@ -199,9 +204,10 @@ impl NewGroupsFound {
     }
 
     /// How long the worker may sleep at most before looking again: not at all while a sweep
-    /// is under way, a little while groups are listed or prepared transactions wait.
+    /// is under way or has just listed groups, a little while groups are listed or prepared
+    /// transactions wait.
     pub fn longest_sleep(&self) -> Option<Duration> {
-        if self.sweep_from.is_some() {
+        if self.sweep_from.is_some() || self.just_listed {
             Some(Duration::ZERO)
         } else if self.prepared || !self.listed.is_empty() {
             Some(RETRY_INTERVAL)
