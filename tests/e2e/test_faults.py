@@ -119,41 +119,41 @@ def queue_backlog(db, rows, commits=20):
             db.execute("DO $$ BEGIN RAISE EXCEPTION 'roll back'; END $$")
 
 
-def test_a_worker_killed_mid_backlog_loses_nothing(own_cluster):
+def crash_mid_backlog(cluster, what, crash):
+    """Queues a backlog, lets deliveries start, calls `crash(db)`, and checks afterwards that
+    every committed notification arrived."""
     listener = Counting(delay=0.02)
     try:
-        db = own_cluster.connect()
+        db = cluster.connect()
         define(db, listener.url)
         queue_backlog(db, 2_000 * SCALE)
         wait_for(lambda: len(listener.requests) >= 3, what="deliveries under way")
+        crash(db)
+        db.close()
+        db = connect(cluster)
+        check_everything_arrived(db, listener, what)
+        db.close()
+    finally:
+        listener.stop()
+
+
+def test_a_worker_killed_mid_backlog_loses_nothing(own_cluster):
+    def kill_worker(db):
         pid = wait_for(lambda: worker_pid(db), what="the worker")
         os.kill(pid, signal.SIGKILL)  # PostgreSQL restarts every process
         # Until the postmaster has ended every session, a new one may still be of the old
         # server: connect once this one is gone.
         wait_for(lambda: gone(db), what="the crash restart")
-        db.close()
-        db = connect(own_cluster)
-        check_everything_arrived(db, listener, "SIGKILL")
-        db.close()
-    finally:
-        listener.stop()
+
+    crash_mid_backlog(own_cluster, "SIGKILL", kill_worker)
 
 
 def test_an_immediate_shutdown_mid_backlog_loses_nothing(own_cluster):
-    listener = Counting(delay=0.02)
-    try:
-        db = own_cluster.connect()
-        define(db, listener.url)
-        queue_backlog(db, 2_000 * SCALE)
-        wait_for(lambda: len(listener.requests) >= 3, what="deliveries under way")
-        db.close()
+    def power_cut(_db):
         own_cluster.stop_immediate()
         own_cluster.start()
-        db = connect(own_cluster)
-        check_everything_arrived(db, listener, "immediate shutdown")
-        db.close()
-    finally:
-        listener.stop()
+
+    crash_mid_backlog(own_cluster, "immediate shutdown", power_cut)
 
 
 def test_a_promoted_standby_delivers_the_backlog_of_a_stopped_primary(own_cluster):
