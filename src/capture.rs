@@ -331,8 +331,8 @@ fn visible_to_send_as(
 ) -> crate::error::Result<bool> {
     let key = row.sql_text(&message.key_column)?.unwrap_or_default();
     // A read-write execution takes a new snapshot, which sees the row the statement wrote.
-    let visible = roles::run_sql_as(message.send_as, || {
-        roles::with_row_security(|| client.update(query, Some(1), &[key.as_str().into()]))
+    let visible = roles::read_rows_as(message.send_as, || {
+        client.update(query, Some(1), &[key.as_str().into()])
     })?;
     Ok(!visible.is_empty())
 }
@@ -351,12 +351,18 @@ fn row_by_key(table: &str, key_column: &str, key_type: &str, fields: &[String]) 
 
 /// Whether a change queues a notification of `message` (SPEC §1, "when to send").
 fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::error::Result<bool> {
-    let holds = |row: &Row| match &message.criteria {
-        None => Ok(true),
-        // As the send-as role, never as the extension's owner: criteria may call functions of
-        // whoever defined the message, and run with no more privileges than what it sends.
-        Some(text) => roles::run_sql_as(message.send_as, || {
-            Spi::connect(|_| {
+    if matches!((message.evaluate, old_row), (Evaluate::Created, Some(_))) {
+        return Ok(false);
+    }
+    let Some(text) = &message.criteria else {
+        return Ok(true);
+    };
+    // As the send-as role, never as the extension's owner: criteria may call functions of
+    // whoever defined the message, and run with no more privileges than what it sends. One
+    // switch of role and settings for both rows of an update.
+    roles::run_sql_as(message.send_as, || {
+        Spi::connect(|_| {
+            let holds = |row: &Row| {
                 criteria::holds(
                     row.type_oid(),
                     &message.table_alias,
@@ -364,13 +370,14 @@ fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::err
                     row.composite(),
                     &message.unique_name,
                 )
+            };
+            Ok(match (message.evaluate, old_row) {
+                (Evaluate::EditedToMeetCriteria, Some(old_row)) => {
+                    holds(new_row)? && !holds(old_row)?
+                }
+                _ => holds(new_row)?,
             })
-        }),
-    };
-    Ok(match (message.evaluate, old_row) {
-        (Evaluate::Created, Some(_)) => false,
-        (Evaluate::EditedToMeetCriteria, Some(old_row)) => holds(new_row)? && !holds(old_row)?,
-        _ => holds(new_row)?,
+        })
     })
 }
 
@@ -402,8 +409,8 @@ fn send(
         })?;
         let key_type = key_type(client, object, &message.key_column)?;
         let query = row_by_key(&message.table, &message.key_column, &key_type, &fields);
-        let rows = roles::run_sql_as(message.send_as, || {
-            roles::with_row_security(|| client.select(&query, Some(1), &[key.into()]))
+        let rows = roles::read_rows_as(message.send_as, || {
+            client.select(&query, Some(1), &[key.into()])
         })?;
         if rows.is_empty() {
             return Err(Error::new(

@@ -65,14 +65,7 @@ pub fn resolve(relid: pg_sys::Oid, criteria: &str, caller: pg_sys::Oid) -> Resul
     let relname = CString::new(relname)
         .map_err(|_| Error::new(Kind::InvalidParameter, "table name must not contain NUL"))?;
     roles::run_as_caller(caller, || {
-        // SAFETY: a valid query without arguments; errors are raised by PostgreSQL.
-        let plan = unsafe { pg_sys::SPI_prepare(query.as_ptr(), 0, std::ptr::null_mut()) };
-        if plan.is_null() {
-            return Err(Error::new(
-                Kind::Internal,
-                "could not prepare the criteria query",
-            ));
-        }
+        let plan = prepare(&query, &mut [])?;
         // SAFETY: `plan` was just prepared and is not kept; freed here whatever the outcome.
         let outcome = unsafe { inspect(plan) }.map(|expr| {
             // Deparsed with the search path it will run with: a name it would not find
@@ -123,15 +116,7 @@ fn evaluate(
         Some(plan) => plan,
         None => {
             let query = criteria_query(criteria, "(SELECT ($1).*)", alias)?;
-            let mut arg_types = [row_type];
-            // SAFETY: a valid query string and one argument type; errors are raised by PostgreSQL.
-            let plan = unsafe { pg_sys::SPI_prepare(query.as_ptr(), 1, arg_types.as_mut_ptr()) };
-            if plan.is_null() {
-                return Err(Error::new(
-                    Kind::Internal,
-                    "could not prepare the criteria query",
-                ));
-            }
+            let plan = prepare(&query, &mut [row_type])?;
             // SAFETY: a fresh plan; keeping it moves it out of the SPI procedure's memory.
             unsafe { pg_sys::SPI_keepplan(plan) };
             PLANS.with(|plans| plans.borrow_mut().insert(key, plan));
@@ -155,6 +140,25 @@ fn evaluate(
         let value = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut is_null);
         Ok(!is_null && bool::from_datum(value, false).unwrap_or(false))
     }
+}
+
+/// Prepares `query` with arguments of `arg_types`; PostgreSQL raises its errors.
+fn prepare(query: &CStr, arg_types: &mut [pg_sys::Oid]) -> Result<pg_sys::SPIPlanPtr> {
+    // SAFETY: a valid query string and as many argument types as it has arguments.
+    let plan = unsafe {
+        pg_sys::SPI_prepare(
+            query.as_ptr(),
+            arg_types.len() as i32,
+            arg_types.as_mut_ptr(),
+        )
+    };
+    if plan.is_null() {
+        return Err(Error::new(
+            Kind::Internal,
+            "could not prepare the criteria query",
+        ));
+    }
+    Ok(plan)
 }
 
 /// The query evaluating `criteria` over the rows of `from`, named `alias`.

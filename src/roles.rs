@@ -56,36 +56,32 @@ pub fn row_security_applies(role: pg_sys::Oid, table: pg_sys::Oid) -> bool {
 /// The search path of code that runs with a role other than the caller's: PostgreSQL's own
 /// choice for such code (maintenance commands, `RestrictSearchPath`), so that no schema,
 /// temporary object or operator of the caller's can stand in for a name of ours.
-const SAFE_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
-
-/// Runs `f` with `row_security` on, whatever the session set: a query that must apply
-/// policies may not silently skip them, nor fail because a session turned them off.
-pub fn with_row_security<R>(f: impl FnOnce() -> R) -> R {
-    with_setting(c"row_security", c"on", f)
-}
+pub const SAFE_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
 /// Runs `f` with `search_path` set to `pg_catalog, pg_temp`, whatever the session, the role or
 /// the database set.
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
-    with_setting(c"search_path", SAFE_SEARCH_PATH, f)
+    with_settings(&[(c"search_path", SAFE_SEARCH_PATH)], f)
 }
 
-/// Runs `f` with setting `name` at `value` for its duration (undone by transaction abort if
-/// `f` raises an ERROR).
-fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+/// Runs `f` with each setting at its value for its duration, in one GUC nest level (undone by
+/// transaction abort if `f` raises an ERROR).
+fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level undone below (and by transaction abort on error).
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let result = f();
@@ -101,12 +97,19 @@ pub fn run_sql_as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_with_context(owner, false, || with_safe_search_path(f))
 }
 
-/// Runs SQL in `f` with the privileges of `role` (a message's send-as role: its criteria, its
-/// reads of rows) and the safe search path, as a security-restricted operation, as PostgreSQL
-/// runs an index expression: it cannot change the session's role or leave temporary objects
-/// behind.
+/// Runs SQL in `f` with the privileges of `role` (a message's send-as role: its criteria) and
+/// the safe search path, as a security-restricted operation, as PostgreSQL runs an index
+/// expression: it cannot change the session's role or leave temporary objects behind.
 pub fn run_sql_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_with_context(role, true, || with_safe_search_path(f))
+}
+
+/// Runs `f`, which reads rows of a message's table, as [`run_sql_as`] does, and with
+/// `row_security` on whatever the session set: a query that must apply `role`'s policies may
+/// not silently skip them, nor fail because a session turned them off.
+pub fn read_rows_as<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let settings = [(c"search_path", SAFE_SEARCH_PATH), (c"row_security", c"on")];
+    run_with_context(role, true, || with_settings(&settings, f))
 }
 
 /// Runs `f` with the privileges of `role`, then restores the previous role, also when `f`
@@ -173,19 +176,17 @@ pub fn run_as_caller<R>(caller: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         .with_borrow(|path| path.clone())
         .unwrap_or_else(|| SAFE_SEARCH_PATH.to_owned());
     run_with_context(caller, true, || {
-        with_setting(c"search_path", &search_path, f)
+        with_settings(&[(c"search_path", &search_path)], f)
     })
 }
 
-/// The owner of the extension (the bootstrap superuser if it cannot be read), read with the
-/// safe search path: the caller's operators cannot change which row answers.
+/// The owner of the extension (the bootstrap superuser if it cannot be read). Every name of
+/// the query is qualified: the caller's search_path cannot change which row answers.
 pub fn extension_owner() -> pg_sys::Oid {
-    with_safe_search_path(|| {
-        Spi::get_one::<pg_sys::Oid>(
-            "SELECT extowner FROM pg_catalog.pg_extension
-              WHERE extname OPERATOR(pg_catalog.=) 'outbound_msg'::pg_catalog.name",
-        )
-    })
+    Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension
+          WHERE extname OPERATOR(pg_catalog.=) 'outbound_msg'::pg_catalog.name",
+    )
     .ok()
     .flatten()
     .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())

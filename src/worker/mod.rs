@@ -247,7 +247,7 @@ fn vacuum_queue() {
 ///   running it (a 1M backlog drained at 10,000 notifications/s instead of 160,000).
 fn configure_session() {
     for (name, value) in [
-        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"search_path", crate::roles::SAFE_SEARCH_PATH),
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
         (c"statement_timeout", c"0"),
