@@ -766,6 +766,7 @@ pub fn release(rows: &[Row]) -> Result<()> {
     let (tids, ids) = tids_and_ids(rows);
     Spi::connect_mut(|client| {
         client.update(
+            // `attempts` in SET is the claimed row's, the unsent attempt included.
             "UPDATE outbound_msg.queue
                 SET attempts = attempts - 1, next_attempt_at = now(),
                     state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END

@@ -49,8 +49,6 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Delivers the queue of the worker's database.
 pub struct Deliverer {
     pool: Pool,
-    /// Batches in flight, per message.
-    in_flight: HashMap<i64, usize>,
     derived_organization_id: Option<String>,
     jitter: Jitter,
     /// Batches refused without sending (endpoint no longer allowed), recorded next step.
@@ -69,8 +67,8 @@ pub struct Deliverer {
     health: Health,
     /// The endpoint of each message, as defined; `None` until loaded.
     endpoints: Option<HashMap<i64, String>>,
-    /// The endpoint of each job in flight.
-    jobs: HashMap<u64, String>,
+    /// Each job in flight: its message and endpoint.
+    jobs: HashMap<u64, (i64, String)>,
     next_job: u64,
     last_report: Instant,
     /// Notifications the last claim took.
@@ -149,7 +147,6 @@ impl Deliverer {
                 .map_or(0, |d| d.as_nanos() as u64);
         Ok(Deliverer {
             pool: Pool::new(settings.limits, Err("not loaded yet".into()))?,
-            in_flight: HashMap::new(),
             derived_organization_id: None,
             jitter: Jitter::new(seed),
             refused: Vec::new(),
@@ -176,7 +173,7 @@ impl Deliverer {
 
     /// Whether nothing is in flight and every outcome is recorded.
     fn quiet(&self) -> bool {
-        self.in_flight.is_empty() && self.refused.is_empty() && self.unsent.is_empty()
+        self.jobs.is_empty() && self.refused.is_empty() && self.unsent.is_empty()
     }
 
     /// Claims nothing more from now on.
@@ -204,7 +201,7 @@ impl Deliverer {
         self.load_roots_if_changed();
         self.record_finished(&settings);
 
-        let in_flight: usize = self.in_flight.values().sum();
+        let in_flight = self.jobs.len();
         if self.claimed_since_vacuum >= VACUUM_AFTER_GROUPS
             && (in_flight == 0 || self.claimed_since_vacuum >= 4 * VACUUM_AFTER_GROUPS)
         {
@@ -318,9 +315,6 @@ impl Deliverer {
     /// the queue, and on each endpoint's health.
     fn record_finished(&mut self, settings: &Settings) {
         let mut finished = self.pool.finished();
-        for done in &finished {
-            self.finish(done.message_id);
-        }
         finished.append(&mut self.refused);
         let unsent = std::mem::take(&mut self.unsent);
         if finished.is_empty() && unsent.is_empty() {
@@ -329,15 +323,18 @@ impl Deliverer {
         let outcomes = Outcomes::new(finished, settings, &mut self.jitter);
         let now = Instant::now();
         for (done, delay) in &outcomes.finished {
-            let Some(endpoint) = done.job.and_then(|job| self.jobs.remove(&job)) else {
+            // Refused batches were never sent: no job, nothing learnt of their endpoint.
+            let Some(job) = done.job else {
+                continue;
+            };
+            let Some((_, endpoint)) = self.jobs.remove(&job) else {
                 continue;
             };
             let outcome = match &done.outcome {
                 Ok(()) => Ok(()),
                 Err(failure) => Err((failure.reason.as_str(), *delay)),
             };
-            self.health
-                .finished(&endpoint, done.job.unwrap_or_default(), outcome, now);
+            self.health.finished(&endpoint, job, outcome, now);
         }
         // If recording fails, the leases run out and the notifications are sent again.
         super::transaction(move || {
@@ -374,17 +371,21 @@ impl Deliverer {
     /// allow; one message of each unproven or failing endpoint whose probe is due one batch,
     /// while the probe budget lasts and not too many requests are stuck.
     fn plan(&self, settings: &Settings, now: Instant) -> ClaimPlan {
-        let busy = self.health.in_flight(now, settings.slow());
-        let healthy_free = settings.max_connections.saturating_sub(busy.healthy);
+        let requests = self.health.in_flight(now, settings.slow());
+        let healthy_free = settings.max_connections.saturating_sub(requests.healthy);
         let mut failing_free = settings
             .max_connections
-            .saturating_sub(busy.probing)
-            .min((STUCK_PER_CONNECTION * settings.max_connections).saturating_sub(busy.stuck));
+            .saturating_sub(requests.probing)
+            .min((STUCK_PER_CONNECTION * settings.max_connections).saturating_sub(requests.stuck));
         let slots = settings.per_message_slots();
         let mut allowances = Vec::new();
         let mut candidates = Vec::new();
+        let mut busy_by_message: HashMap<i64, usize> = HashMap::new();
+        for (message, _) in self.jobs.values() {
+            *busy_by_message.entry(*message).or_default() += 1;
+        }
         for (message, endpoint) in self.endpoints.iter().flatten() {
-            let busy = self.in_flight.get(message).copied().unwrap_or(0);
+            let busy = busy_by_message.get(message).copied().unwrap_or(0);
             match self.health.allowance(endpoint, now, settings.slow()) {
                 Allowance::Full if healthy_free > 0 && busy < slots => {
                     allowances.push((*message, (slots - busy) * settings.batch_size));
@@ -506,8 +507,7 @@ impl Deliverer {
             self.next_job += 1;
             let id = self.next_job;
             self.health.sent(&endpoint, id, probe, now);
-            self.jobs.insert(id, endpoint);
-            *self.in_flight.entry(batch.message_id).or_default() += 1;
+            self.jobs.insert(id, (batch.message_id, endpoint));
             let threads = self
                 .jobs
                 .len()
@@ -588,15 +588,6 @@ impl Deliverer {
             (fingerprint.clone(), Arc::clone(&identity)),
         );
         Ok((format!("{name}/{fingerprint}"), identity))
-    }
-
-    fn finish(&mut self, message_id: i64) {
-        if let Some(busy) = self.in_flight.get_mut(&message_id) {
-            *busy -= 1;
-            if *busy == 0 {
-                self.in_flight.remove(&message_id);
-            }
-        }
     }
 }
 

@@ -127,17 +127,15 @@ impl Health {
     /// Knows an endpoint as a previous worker of the database last reported it; a failing one
     /// is probed at once.
     pub fn restore(&mut self, report: Report, now: Instant) {
+        // Reported again at once (`Endpoint::new` marks it changed): this worker has no
+        // request in flight yet.
         let known = Endpoint {
             state: report.state,
             consecutive_failures: report.consecutive_failures,
             failing_since: report.failing_since,
             last_success: report.last_success,
             last_error: report.last_error,
-            next_probe: now,
-            in_flight: Vec::new(),
-            // Reported again at once: this worker has no request in flight yet.
-            changed: true,
-            reported_in_flight: 0,
+            ..Endpoint::new(now)
         };
         self.endpoints.insert(report.endpoint, known);
     }
