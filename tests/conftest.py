@@ -5,23 +5,17 @@ import os
 
 import pytest
 
-from support.cluster import Cluster, wait_for
+from support.cluster import TEST_SETTINGS, Cluster, wait_for
 from support.listener import Listener
 
 
-#: Short delivery timings, so that failures, retries and expiry happen within a test.
-SETTINGS = {
-    "outbound_msg.timeout": "'2s'",
-    "outbound_msg.retry_min_interval": "'200ms'",
-    "outbound_msg.retry_max_interval": "'1s'",
-}
 
 
 @pytest.fixture(scope="session")
 def cluster():
     # As a server may be started: no error of ours may show a Rust backtrace all the same.
     os.environ["RUST_BACKTRACE"] = "1"
-    cluster = Cluster(SETTINGS)
+    cluster = Cluster(TEST_SETTINGS)
     try:
         with cluster.connect() as conn:
             conn.execute("CREATE EXTENSION outbound_msg")

@@ -15,16 +15,10 @@ from collections import Counter
 import psycopg
 import pytest
 
-from support.cluster import Cluster, wait_for, worker_pid
+from support.cluster import TEST_SETTINGS, Cluster, wait_for, worker_pid
 from support.listener import ACK, Listener
 
 SCALE = 10 if os.environ.get("FULL") else 1
-#: As the session cluster's (conftest): failures are retried within a test.
-SETTINGS = {
-    "outbound_msg.timeout": "'2s'",
-    "outbound_msg.retry_min_interval": "'200ms'",
-    "outbound_msg.retry_max_interval": "'1s'",
-}
 
 
 class Counting(Listener):
@@ -97,7 +91,7 @@ def check_everything_arrived(db, listener, what):
 
 @pytest.fixture
 def own_cluster():
-    cluster = Cluster(SETTINGS)
+    cluster = Cluster(TEST_SETTINGS)
     try:
         with cluster.connect() as db:
             db.execute("CREATE EXTENSION outbound_msg")

@@ -15,6 +15,14 @@ import psycopg
 
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 
+#: Short delivery timings for test clusters, so that failures, retries and expiry happen within
+#: a test.
+TEST_SETTINGS = {
+    "outbound_msg.timeout": "'2s'",
+    "outbound_msg.retry_min_interval": "'200ms'",
+    "outbound_msg.retry_max_interval": "'1s'",
+}
+
 
 def _bindir():
     return subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
