@@ -13,6 +13,9 @@ bench/run.sh, which installs and builds first.
   6. isolation:       a healthy endpoint's commit-to-listener latency and burst throughput,
                       with none and then with 100 silent endpoints holding backlogs (default
                       settings: their requests hang for the whole 60 s timeout)
+  7. definitions:     2,000 outbound messages on 200 tables to 100 endpoints (nginx ports):
+                      the time to define one, one commit fanning out to all of them, and a
+                      healthy endpoint's latency and burst throughput beside them
 """
 
 import argparse
@@ -49,15 +52,17 @@ def report(name, value, unit, baseline=None, ratio=None, target=None, met=None):
 class Nginx:
     """nginx answering every POST with a SOAP Ack, from Debian's package."""
 
-    def __init__(self):
-        self.port = free_port()
+    def __init__(self, ports=1):
+        self.ports = [free_port() for _ in range(ports)]
+        self.port = self.ports[0]
+        listen = "\n".join(f"    listen 127.0.0.1:{port};" for port in self.ports)
         self.root = tempfile.mkdtemp(prefix="outbound_msg-nginx-")
         ack = ACK.decode().replace("'", "\\'")
         conf = f"""
 worker_processes 1;
 pid {self.root}/nginx.pid;
 error_log {self.root}/error.log;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
   access_log off;
   client_body_temp_path {self.root}/body;
@@ -65,7 +70,7 @@ http {{
   keepalive_timeout 120s;
   client_max_body_size 64m;
   server {{
-    listen 127.0.0.1:{self.port};
+{listen}
     location / {{ default_type "text/xml; charset=utf-8"; return 200 '{ack}'; }}
   }}
 }}
@@ -80,6 +85,11 @@ http {{
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}/soap"
+
+    @property
+    def urls(self):
+        """One endpoint per port."""
+        return [f"http://127.0.0.1:{port}/soap" for port in self.ports]
 
     def stop(self):
         subprocess.run([self.nginx, "-c", self.conf, "-p", self.root, "-s", "quit"], check=False)
@@ -357,6 +367,7 @@ def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_00
         db.execute("CREATE TABLE iso_latency (id int PRIMARY KEY, v text)")
         db.execute("SELECT outbound_msg.create_message('iso_latency', 'IsoLat', 'IsoLat', %s, "
                    "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
+        warm_up(db, "iso_latency", arrivals)
         base_p50, base_p99, base_rate = healthy_figures(db, arrivals, 0, per_second, seconds,
                                                         burst)
         db.execute("CREATE TABLE iso_silent (id int PRIMARY KEY, v text)")
@@ -385,6 +396,69 @@ def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_00
         db.execute("DROP TABLE IF EXISTS iso_latency")
         for endpoint in silent:
             endpoint.stop()
+        arrivals.listener.stop()
+
+
+def delivered_by_prefix(db, prefix):
+    return db.execute("SELECT coalesce(sum(s.delivered), 0) FROM outbound_msg.message_stats s "
+                      "JOIN outbound_msg.message m ON m.id = s.message_id "
+                      "WHERE m.unique_name LIKE %s", (prefix + "%",)).fetchone()[0]
+
+
+def warm_up(db, table, arrivals):
+    """One notification delivered: a worker serves the database, as in a running system."""
+    db.execute(f"INSERT INTO {table} VALUES (-1, 'warm-up')")
+    deadline = time.monotonic() + 30
+    while "-1" not in arrivals.at and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def bench_definitions(db, tables=200, per_table=10, endpoints=100, per_second=10, seconds=10,
+                      burst=20_000):
+    count = tables * per_table
+    print(f"\n7. Definitions: {count:,} outbound messages on {tables} tables to {endpoints} "
+          f"endpoints; {per_second} commits/s for {seconds} s to another, then a burst of "
+          f"{burst:,}")
+    wait_drained(db)
+    arrivals = Arrivals()
+    fleet = Nginx(ports=endpoints)
+    try:
+        db.execute("CREATE TABLE def_latency (id int PRIMARY KEY, v text)")
+        db.execute("SELECT outbound_msg.create_message('def_latency', 'Latency', 'Latency', %s, "
+                   "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
+        warm_up(db, "def_latency", arrivals)
+        base_p50, base_p99, base_rate = healthy_figures(db, arrivals, 0, per_second, seconds,
+                                                        burst)
+        started = time.perf_counter()
+        for t in range(tables):
+            db.execute(f"CREATE TABLE def_{t} (id int PRIMARY KEY, v text)")
+            for m in range(per_table):
+                db.execute("SELECT outbound_msg.create_message(%s, %s, %s, %s, ARRAY['v'], "
+                           "'postgres')", (f"def_{t}", f"Def{t}x{m}", f"Def{t}x{m}",
+                                           fleet.urls[(t * per_table + m) % endpoints]))
+        define_ms = (time.perf_counter() - started) * 1000 / count
+        with db.transaction():
+            for t in range(tables):
+                db.execute(f"INSERT INTO def_{t} VALUES (1, 'x')")
+        committed = time.perf_counter()
+        deadline = time.monotonic() + 300
+        while delivered_by_prefix(db, "Def") < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fan_out_ms = (time.perf_counter() - committed) * 1000
+        p50, p99, rate = healthy_figures(db, arrivals, 100_000, per_second, seconds, burst)
+        report("create_message, each", define_ms, "ms")
+        report(f"one commit to {count:,} messages, all acked", fan_out_ms, "ms")
+        report(f"latency p50, {count:,} definitions", p50, "ms", baseline=base_p50)
+        report(f"latency p99, {count:,} definitions", p99, "ms", baseline=base_p99,
+               target="<= 100 ms", met=p99 <= 100)
+        report(f"burst throughput, {count:,} definitions", rate, "notifications/s",
+               baseline=base_rate, ratio=rate / base_rate, target="ratio >= 0.8",
+               met=rate / base_rate >= 0.8)
+    finally:
+        for t in range(tables):
+            db.execute(f"DROP TABLE IF EXISTS def_{t}")
+        db.execute("DROP TABLE IF EXISTS def_latency")
+        fleet.stop()
         arrivals.listener.stop()
 
 
@@ -509,8 +583,8 @@ def main():
     parser.add_argument("--oltp-rounds", type=int, default=3)
     parser.add_argument("--oltp-seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--only", default="bulk,oltp,throughput,latency,scale,isolation",
-                        help="comma-separated sections to run")
+    parser.add_argument("--only", help="comma-separated sections to run",
+                        default="bulk,oltp,throughput,latency,scale,isolation,definitions")
     args = parser.parse_args()
     only = set(args.only.split(","))
 
@@ -530,6 +604,7 @@ def main():
             "latency": lambda: bench_latency(db),
             "scale": lambda: bench_scale(db, args.backlog),
             "isolation": lambda: bench_isolation(db),
+            "definitions": lambda: bench_definitions(db),
         }
         for name, run in sections.items():
             if name in only:

@@ -119,7 +119,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"outbound_msg.max_connections",
         c"Most SOAP requests a worker keeps in flight at once.",
-        c"A message uses at most half of them, so one slow endpoint cannot hold up the others.",
+        c"An endpoint uses at most half of them, so one slow endpoint cannot hold up the others.",
         &MAX_CONNECTIONS,
         1,
         64,

@@ -107,7 +107,9 @@ impl Settings {
         }
     }
 
-    /// Batches one message may have in flight.
+    /// Batches one message, and all messages to one endpoint together, may have in flight:
+    /// half the connections, so that a healthy endpoint that stops answering leaves the other
+    /// half to the others until it shows as failing.
     fn per_message_slots(&self) -> usize {
         (self.max_connections / 2).max(1)
     }
@@ -384,11 +386,17 @@ impl Deliverer {
         for (message, _) in self.jobs.values() {
             *busy_by_message.entry(*message).or_default() += 1;
         }
+        let busy_by_endpoint = self.busy_by_endpoint();
         for (message, endpoint) in self.endpoints.iter().flatten() {
             let busy = busy_by_message.get(message).copied().unwrap_or(0);
+            let endpoint_busy = busy_by_endpoint
+                .get(endpoint.as_str())
+                .copied()
+                .unwrap_or(0);
+            let free = slots.saturating_sub(busy.max(endpoint_busy));
             match self.health.allowance(endpoint, now, settings.slow()) {
-                Allowance::Full if healthy_free > 0 && busy < slots => {
-                    allowances.push((*message, (slots - busy) * settings.batch_size));
+                Allowance::Full if healthy_free > 0 && free > 0 => {
+                    allowances.push((*message, free * settings.batch_size));
                 }
                 Allowance::Probe => candidates.push((
                     self.health.probe_priority(endpoint, now),
@@ -418,6 +426,15 @@ impl Deliverer {
         }
     }
 
+    /// Requests in flight to each endpoint.
+    fn busy_by_endpoint(&self) -> HashMap<&str, usize> {
+        let mut busy: HashMap<&str, usize> = HashMap::new();
+        for (_, endpoint) in self.jobs.values() {
+            *busy.entry(endpoint.as_str()).or_default() += 1;
+        }
+        busy
+    }
+
     /// Claims within `limits` in a transaction of its own; `None` if it failed, `Some(None)`
     /// if the extension is not installed.
     fn claim(&mut self, limits: &ClaimLimits, prepared_since: bool) -> Option<Option<Claimed>> {
@@ -431,7 +448,18 @@ impl Deliverer {
             if let Ok(storage) = queue::storage() {
                 found.set_storage(storage);
             }
-            let offered = found.offer(limits.total);
+            let mut allowed: Vec<i64> = limits.allowances.iter().map(|(m, _)| *m).collect();
+            allowed.sort_unstable();
+            // Kept if the transaction commits; `found` stays as it was otherwise.
+            let mut next = found.clone();
+            if let Err(err) = next.sort_out(limits.total, &allowed) {
+                warning!(
+                    "outbound_msg: could not sort out new notifications: {}",
+                    err.message
+                );
+                next = found.clone();
+            }
+            let offered = next.offer(limits.total, limits.allowances);
             let batches = queue::claim(limits, &offered).unwrap_or_else(|err| {
                 warning!(
                     "outbound_msg: could not claim notifications: {}",
@@ -439,17 +467,16 @@ impl Deliverer {
                 );
                 Vec::new()
             });
-            let mut allowed: Vec<i64> = limits.allowances.iter().map(|(m, _)| *m).collect();
-            allowed.sort_unstable();
-            let new_groups = found
-                .after_claim(offered.len(), &allowed, prepared_since)
-                .unwrap_or_else(|err| {
+            let new_groups = match next.after_claim(&offered, &allowed, prepared_since) {
+                Ok(()) => next,
+                Err(err) => {
                     warning!(
                         "outbound_msg: could not index new notifications: {}",
                         err.message
                     );
                     found.kept_after_failure(prepared_since)
-                });
+                }
+            };
             let next_due = queue::next_due(allowed).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
@@ -487,6 +514,18 @@ impl Deliverer {
             }
             let endpoint = endpoint_of(&batch.endpoint_url);
             let probe = match self.health.allowance(&endpoint, now, settings.slow()) {
+                // Messages to one endpoint were each allowed what the endpoint could take.
+                Allowance::Full
+                    if self
+                        .busy_by_endpoint()
+                        .get(endpoint.as_str())
+                        .copied()
+                        .unwrap_or(0)
+                        >= settings.per_message_slots() =>
+                {
+                    self.unsent.extend(batch.rows);
+                    continue;
+                }
                 Allowance::Full => false,
                 Allowance::Probe if plan.probes.remove(&endpoint) => true,
                 _ => {

@@ -8,6 +8,7 @@
 //! neither listed nor swept until the worker restarted, and until that is understood a periodic
 //! sweep bounds how long any can wait.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::shmem::Fresh;
@@ -30,6 +31,8 @@ struct Listed {
     address: u64,
     /// Its notifications.
     size: usize,
+    /// Its message, once a claim looked the group up.
+    message: Option<i64>,
 }
 
 impl Listed {
@@ -38,6 +41,15 @@ impl Listed {
         Listed {
             address,
             size: size.max(1),
+            message: None,
+        }
+    }
+
+    fn of(group: &queue::NewGroup) -> Listed {
+        Listed {
+            address: group.address,
+            size: group.size,
+            message: Some(group.message_id),
         }
     }
 }
@@ -97,45 +109,91 @@ impl NewGroupsFound {
         }
     }
 
-    /// Addresses of the listed groups to offer a claim of at most `notifications`: the first
-    /// ones, as many as could fill it.
-    pub fn offer(&self, notifications: usize) -> Vec<u64> {
-        let mut room = notifications;
-        self.listed
+    /// Before a claim of at most `notifications` that only the messages `allowed` (sorted) may
+    /// take from, when more is listed than it could take: looks up the message of each listed
+    /// group not looked up yet, forgets those no longer new, and moves those of messages that
+    /// may take none into the index. Otherwise a claim would be offered, step after step, the
+    /// groups of messages that cannot take them (their endpoint failing), listed before those
+    /// of a healthy one. In the claim's transaction; the caller keeps the result if it commits.
+    pub fn sort_out(&mut self, notifications: usize, allowed: &[i64]) -> Result<()> {
+        if self.listed.iter().map(|group| group.size).sum::<usize>() <= notifications {
+            return Ok(());
+        }
+        let unknown: Vec<u64> = self
+            .listed
             .iter()
-            .take_while(|group| {
-                let fits = room > 0;
-                room = room.saturating_sub(group.size);
-                fits
-            })
+            .filter(|group| group.message.is_none())
             .map(|group| group.address)
-            .collect()
+            .collect();
+        if !unknown.is_empty() {
+            let found: HashMap<u64, i64> = queue::still_new(&unknown)?
+                .iter()
+                .map(|group| (group.address, group.message_id))
+                .collect();
+            self.listed.retain_mut(|group| {
+                if group.message.is_none() {
+                    group.message = found.get(&group.address).copied();
+                }
+                group.message.is_some()
+            });
+        }
+        let (waiting, kept): (Vec<Listed>, Vec<Listed>) =
+            self.listed.drain(..).partition(|group| {
+                group
+                    .message
+                    .is_some_and(|m| allowed.binary_search(&m).is_err())
+            });
+        self.listed = kept;
+        let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
+        self.index(&to_index)
     }
 
-    /// What is left to find after a claim that was offered `offered` groups (see [`offer`])
-    /// while only the messages `allowed` (sorted) could take any: the offered groups it left go
-    /// to the back of the list, or into the index when their message could take none (its
-    /// connections busy, its endpoint failing); then the sweep goes on, and `prepared_since` (a
-    /// prepared transaction wrote groups since the last call) is taken into account. In the
-    /// claim's transaction; the caller keeps the result if it commits.
+    /// Addresses of the listed groups to offer a claim of at most `notifications`, of which
+    /// each message may take what `allowances` says: the first ones, as many as could fill it.
+    pub fn offer(&self, notifications: usize, allowances: &[(i64, usize)]) -> Vec<u64> {
+        let mut room = notifications;
+        let mut rooms: HashMap<i64, usize> = allowances.iter().copied().collect();
+        let mut offered = Vec::new();
+        for group in &self.listed {
+            if room == 0 {
+                break;
+            }
+            if let Some(message) = group.message {
+                let message_room = rooms.entry(message).or_default();
+                if *message_room == 0 {
+                    continue;
+                }
+                *message_room = message_room.saturating_sub(group.size);
+            }
+            room = room.saturating_sub(group.size);
+            offered.push(group.address);
+        }
+        offered
+    }
+
+    /// Notes what is left to find after a claim that was offered the groups at `offered` (see
+    /// [`offer`]) while only the messages `allowed` (sorted) could take any: the offered groups
+    /// it left go to the back of the list, or into the index when their message could take none
+    /// (its connections busy, its endpoint failing); then the sweep goes on, and
+    /// `prepared_since` (a prepared transaction wrote groups since the last call) is taken into
+    /// account. In the claim's transaction; the caller keeps the result if it commits.
     ///
     /// [`offer`]: Self::offer
     pub fn after_claim(
-        &self,
-        offered: usize,
+        &mut self,
+        offered: &[u64],
         allowed: &[i64],
         prepared_since: bool,
-    ) -> Result<NewGroupsFound> {
-        let mut next = self.clone();
-        let offered: Vec<u64> = next.listed.drain(..offered).map(|g| g.address).collect();
-        let (waiting, kept): (Vec<_>, Vec<_>) = queue::still_new(&offered)?
+    ) -> Result<()> {
+        let next = self;
+        let offered_set: HashSet<u64> = offered.iter().copied().collect();
+        next.listed
+            .retain(|group| !offered_set.contains(&group.address));
+        let (waiting, kept): (Vec<_>, Vec<_>) = queue::still_new(offered)?
             .into_iter()
             .partition(|group| allowed.binary_search(&group.message_id).is_err());
         let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
-        next.listed.extend(kept.iter().map(|g| Listed {
-            address: g.address,
-            size: g.size,
-        }));
+        next.listed.extend(kept.iter().map(Listed::of));
         if next.listed.len() > MOST_LISTED {
             let excess: Vec<u64> = next
                 .listed
@@ -172,7 +230,7 @@ impl NewGroupsFound {
             next.listed.extend(found.into_iter().map(Listed::announced));
             next.sweep_from = more_from;
         }
-        Ok(next)
+        Ok(())
     }
 
     /// Moves the groups at `addresses` into the index; those another transaction has locked
@@ -180,11 +238,11 @@ impl NewGroupsFound {
     fn index(&mut self, addresses: &[u64]) -> Result<()> {
         if !addresses.is_empty() {
             let locked = queue::admit(addresses)?;
-            self.listed.extend(
-                locked
-                    .into_iter()
-                    .map(|address| Listed { address, size: 1 }),
-            );
+            self.listed.extend(locked.into_iter().map(|address| Listed {
+                address,
+                size: 1,
+                message: None,
+            }));
         }
         Ok(())
     }

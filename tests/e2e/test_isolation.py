@@ -2,6 +2,8 @@
 the endpoints view shows each endpoint's health."""
 
 import itertools
+import threading
+import time
 
 import pytest
 
@@ -53,7 +55,8 @@ def test_silent_endpoints_with_backlogs_do_not_delay_a_healthy_one(db, tables, l
             db.execute("INSERT INTO iso_healthy VALUES (%s, 'h')", (i,))
         wait_for(lambda: len(listener.notifications()) == 20, timeout=30,
                  what="every healthy notification while the silent ones still hang")
-        assert endpoint(db, listener.url)[0] == "healthy"
+        # The worker records an acknowledgement after the listener sent it.
+        wait_for(lambda: endpoint(db, listener.url)[0] == "healthy", what="a healthy endpoint")
         states = db.execute("SELECT state, requests_in_flight FROM outbound_msg.endpoints "
                             "WHERE endpoint IN (SELECT outbound_msg.endpoint_of(endpoint_url) "
                             "FROM outbound_msg.message WHERE object = 'iso_silent'::regclass)"
@@ -140,3 +143,43 @@ def test_a_dripping_listener_is_cut_off_at_the_timeout(db, tables):
         wait_for(lambda: dripping.connections >= 2, what="a retry")
     finally:
         dripping.stop()
+
+
+def test_a_healthy_endpoint_that_stops_answering_leaves_capacity_to_the_others(
+        db, tables, listener, reload_with):
+    """An endpoint that answered, with three messages, stops answering: its requests hang, and
+    it is not shown failing for a minute (connect_timeout). Until then it holds at most half
+    the worker's connections (8), however many messages it has; another endpoint still gets
+    its notifications while every request to the first one hangs."""
+    reload_with(timeout="2min", connect_timeout="1min")
+    hang = threading.Event()
+    release = threading.Event()
+
+    def answer(_request):
+        if hang.is_set():
+            release.wait()
+        return 200, ACK
+
+    stopping = Listener(answer)
+    try:
+        for n in range(3):
+            define(db, "iso_silent", f"Stopping{n}", stopping.url)
+        define(db, "iso_healthy", "Healthy", listener.url)
+        db.execute("INSERT INTO iso_silent VALUES (0, 'answered')")
+        wait_for(lambda: len(stopping.notifications()) == 3, what="the first deliveries")
+        wait_for(lambda: endpoint(db, stopping.url)[0] == "healthy", what="a healthy endpoint")
+        hang.set()
+        for i in range(1, 16):
+            db.execute("INSERT INTO iso_silent VALUES (%s, 'hangs')", (i,))
+            time.sleep(0.05)
+        wait_for(lambda: len(stopping.requests) >= 3 + 4, what="requests hanging")
+        for i in range(5):
+            db.execute("INSERT INTO iso_healthy VALUES (%s, 'h')", (i,))
+        wait_for(lambda: len(listener.notifications()) == 5, timeout=30,
+                 what="the other endpoint's notifications while the first one hangs")
+        assert not release.is_set()
+        assert len(stopping.requests) - 3 == 4, "half of max_connections, not more"
+        assert endpoint(db, stopping.url)[0] == "healthy"
+    finally:
+        release.set()
+        stopping.stop()
