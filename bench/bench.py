@@ -321,21 +321,21 @@ class Arrivals:
         return 200, ACK
 
 
-def healthy_figures(db, arrivals, first, per_second, seconds, burst):
+def healthy_figures(db, table, arrivals, first, per_second, seconds, burst):
     """p50 and p99 of commit-to-arrival latency of single-row commits (ids from `first`) to the
-    healthy listener `arrivals` (table iso_latency), then the rate of a burst of `burst`
+    healthy listener `arrivals` (to `table`), then the rate of a burst of `burst`
     notifications to nginx (table `captured`)."""
     count = per_second * seconds
     start = time.monotonic()
     for n in range(first, first + count):
         time.sleep(max(0, start + (n - first) / per_second - time.monotonic()))
-        db.execute("INSERT INTO iso_latency VALUES (%s, 'x')", (n,))
+        db.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (n,))
     deadline = time.monotonic() + 120
     while (sum(1 for n in range(first, first + count) if str(n) in arrivals.at) < count
            and time.monotonic() < deadline):
         time.sleep(0.01)
     commits = dict(db.execute("SELECT id::text, extract(epoch FROM "
-                              "pg_xact_commit_timestamp(xmin))::float8 FROM iso_latency "
+                              f"pg_xact_commit_timestamp(xmin))::float8 FROM {table} "
                               "WHERE id >= %s", (first,)).fetchall())
     by_id = {k: (arrivals.at[k] - c) * 1000 for k, c in commits.items() if k in arrivals.at}
     latencies = sorted(by_id.values())
@@ -368,7 +368,8 @@ def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_00
         db.execute("SELECT outbound_msg.create_message('iso_latency', 'IsoLat', 'IsoLat', %s, "
                    "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
         warm_up(db, "iso_latency", arrivals)
-        base_p50, base_p99, base_rate = healthy_figures(db, arrivals, 0, per_second, seconds,
+        base_p50, base_p99, base_rate = healthy_figures(db, "iso_latency", arrivals, 0,
+                                                        per_second, seconds,
                                                         burst)
         db.execute("CREATE TABLE iso_silent (id int PRIMARY KEY, v text)")
         for n, endpoint in enumerate(silent):
@@ -376,7 +377,8 @@ def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_00
                        "ARRAY['v'], 'postgres')", (f"S{n}", f"S{n}", endpoint.url))
         db.execute("INSERT INTO iso_silent SELECT g, 'x' FROM generate_series(1, 100) g")
         time.sleep(2)  # their probes are out and hanging
-        p50, p99, rate = healthy_figures(db, arrivals, 100_000, per_second, seconds, burst)
+        p50, p99, rate = healthy_figures(db, "iso_latency", arrivals, 100_000, per_second,
+                                         seconds, burst)
         hanging = db.execute("SELECT count(*) FILTER (WHERE requests_in_flight > 0), "
                              "count(*) FILTER (WHERE state = 'failing') "
                              "FROM outbound_msg.endpoints WHERE state <> 'healthy'").fetchone()
@@ -427,7 +429,8 @@ def bench_definitions(db, tables=200, per_table=10, endpoints=100, per_second=10
         db.execute("SELECT outbound_msg.create_message('def_latency', 'Latency', 'Latency', %s, "
                    "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
         warm_up(db, "def_latency", arrivals)
-        base_p50, base_p99, base_rate = healthy_figures(db, arrivals, 0, per_second, seconds,
+        base_p50, base_p99, base_rate = healthy_figures(db, "def_latency", arrivals, 0,
+                                                        per_second, seconds,
                                                         burst)
         started = time.perf_counter()
         for t in range(tables):
@@ -445,7 +448,8 @@ def bench_definitions(db, tables=200, per_table=10, endpoints=100, per_second=10
         while delivered_by_prefix(db, "Def") < count and time.monotonic() < deadline:
             time.sleep(0.005)
         fan_out_ms = (time.perf_counter() - committed) * 1000
-        p50, p99, rate = healthy_figures(db, arrivals, 100_000, per_second, seconds, burst)
+        p50, p99, rate = healthy_figures(db, "def_latency", arrivals, 100_000, per_second,
+                                         seconds, burst)
         report("create_message, each", define_ms, "ms")
         report(f"one commit to {count:,} messages, all acked", fan_out_ms, "ms")
         report(f"latency p50, {count:,} definitions", p50, "ms", baseline=base_p50)

@@ -330,7 +330,11 @@ pub struct ClaimLimits<'a> {
 /// at most its allowance of them: a message whose connections are all busy costs nothing, however
 /// large its backlog (a scan in due order would wade through all of it to find other messages'
 /// groups), and no claim reads more groups than it could take.
-pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
+///
+/// Only the messages `indexed` (a sorted subset of those allowed, see
+/// [`messages_in_index`]) are looked up in the index; new groups are taken for every message
+/// allowed.
+pub fn claim(limits: &ClaimLimits, new_groups: &[u64], indexed: &[i64]) -> Result<Vec<Batch>> {
     let new_groups = tids_at(new_groups);
     let (allowed_ids, allowed_counts): (Vec<i64>, Vec<i64>) = limits
         .allowances
@@ -356,6 +360,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                            AND state <> 'expired' AND state <> 'new'
                          ORDER BY next_attempt_at, id
                          LIMIT least(a.n, $1)) q
+                  WHERE a.message_id = ANY ($6)
                  UNION ALL
                  SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n,
                         cardinality(q.record_ids)
@@ -392,6 +397,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                 pg_sys::INT8ARRAYOID,
                 pg_sys::FLOAT8OID,
                 pg_sys::TIDARRAYOID,
+                pg_sys::INT8ARRAYOID,
             ],
             None,
             &[
@@ -400,6 +406,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64]) -> Result<Vec<Batch>> {
                 allowed_counts.into(),
                 limits.lease.as_secs_f64().into(),
                 new_groups.into(),
+                indexed.to_vec().into(),
             ],
         )?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -564,6 +571,30 @@ pub fn transactions_prepared() -> Result<bool> {
 /// Time until the earliest group of a message in `allowed` is due (zero if one is due now),
 /// `None` when nothing waits. Other messages' groups do not count: the end of one of their
 /// deliveries, or their endpoint's next probe, wakes the worker anyway.
+/// The messages with groups in the due index (any state but `new`), in order: one index probe
+/// each (a loose index scan), however many messages are defined. A claim looks up only those
+/// of them it may take from, rather than probing the index for every message allowed.
+pub fn messages_in_index() -> Result<Vec<i64>> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "WITH RECURSIVE m(id) AS (
+                     (SELECT message_id FROM outbound_msg.queue WHERE state <> 'new'
+                       ORDER BY message_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT q.message_id FROM outbound_msg.queue q
+                              WHERE q.state <> 'new' AND q.message_id > m.id
+                              ORDER BY q.message_id LIMIT 1)
+                       FROM m WHERE m.id IS NOT NULL)
+                 SELECT id FROM m WHERE id IS NOT NULL",
+                None,
+                &[],
+            )?
+            .map(|row| Ok(row.get::<i64>(1)?.unwrap_or_default()))
+            .collect()
+    })
+}
+
 pub fn next_due(allowed: Vec<i64>) -> Result<Option<Duration>> {
     // Clamped here, not with SQL's greatest(): greatest(0, NULL) is 0, which would make an
     // empty queue look due now and keep the worker from ever sleeping. Expired groups wait at

@@ -81,6 +81,9 @@ pub struct Deliverer {
 /// (at four times as many, even with deliveries in flight).
 const VACUUM_AFTER_GROUPS: usize = 20_000;
 
+/// Up to this many messages allowed, a claim probes the due index for each of them.
+const FEW_MESSAGES: usize = 32;
+
 /// Settings read once per step, so a reload applies between steps.
 struct Settings {
     batch_size: usize,
@@ -452,15 +455,35 @@ impl Deliverer {
             allowed.sort_unstable();
             // Kept if the transaction commits; `found` stays as it was otherwise.
             let mut next = found.clone();
-            if let Err(err) = next.sort_out(limits.total, &allowed) {
+            let many = allowed.len() > FEW_MESSAGES;
+            if let Err(err) = next.sort_out(limits.total, &allowed, many) {
                 warning!(
                     "outbound_msg: could not sort out new notifications: {}",
                     err.message
                 );
                 next = found.clone();
             }
-            let offered = next.offer(limits.total, limits.allowances);
-            let batches = queue::claim(limits, &offered).unwrap_or_else(|err| {
+            let offer = next.offer(limits.total, limits.allowances);
+            let indexed = in_index(&allowed);
+            // With many messages allowed, the claim is told of those it may find something of:
+            // its plan's cost grows with each one.
+            let relevant: Vec<(i64, usize)> = limits
+                .allowances
+                .iter()
+                .copied()
+                .filter(|(m, _)| {
+                    !many
+                        || offer.unknown_messages
+                        || offer.messages.contains(m)
+                        || indexed.binary_search(m).is_ok()
+                })
+                .collect();
+            let limits = &ClaimLimits {
+                allowances: &relevant,
+                ..*limits
+            };
+            let offered = offer.addresses;
+            let batches = queue::claim(limits, &offered, &indexed).unwrap_or_else(|err| {
                 warning!(
                     "outbound_msg: could not claim notifications: {}",
                     err.message
@@ -477,7 +500,7 @@ impl Deliverer {
                     found.kept_after_failure(prepared_since)
                 }
             };
-            let next_due = queue::next_due(allowed).ok().flatten();
+            let next_due = queue::next_due(indexed).ok().flatten();
             let fingerprints = certificate_fingerprints(&batches);
             let claimed_groups = batches.iter().map(|b| b.rows.len()).sum();
             let analyze =
@@ -638,6 +661,23 @@ struct HeaderValues {
 }
 
 /// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
+/// Those of the messages `allowed` (sorted) that may have groups in the due index: all of
+/// them when they are few, otherwise those a loose scan of the index finds (with thousands of
+/// definitions, probing the index for each would cost every claim more than its work).
+fn in_index(allowed: &[i64]) -> Vec<i64> {
+    if allowed.len() <= FEW_MESSAGES {
+        return allowed.to_vec();
+    }
+    match queue::messages_in_index() {
+        Ok(indexed) => allowed
+            .iter()
+            .copied()
+            .filter(|m| indexed.binary_search(m).is_ok())
+            .collect(),
+        Err(_) => allowed.to_vec(),
+    }
+}
+
 fn report_state(state: &'static std::ffi::CStr) {
     thread_local! {
         static SHOWN: std::cell::Cell<*const std::ffi::c_char> = const { std::cell::Cell::new(std::ptr::null()) };

@@ -54,6 +54,16 @@ impl Listed {
     }
 }
 
+/// New groups offered to a claim.
+#[derive(Default)]
+pub struct Offer {
+    pub addresses: Vec<u64>,
+    /// Their messages, as far as known.
+    pub messages: HashSet<i64>,
+    /// Whether the message of some is not known.
+    pub unknown_messages: bool,
+}
+
 /// What the worker knows of new groups not in the index.
 #[derive(Clone)]
 pub struct NewGroupsFound {
@@ -114,9 +124,11 @@ impl NewGroupsFound {
     /// group not looked up yet, forgets those no longer new, and moves those of messages that
     /// may take none into the index. Otherwise a claim would be offered, step after step, the
     /// groups of messages that cannot take them (their endpoint failing), listed before those
-    /// of a healthy one. In the claim's transaction; the caller keeps the result if it commits.
-    pub fn sort_out(&mut self, notifications: usize, allowed: &[i64]) -> Result<()> {
-        if self.listed.iter().map(|group| group.size).sum::<usize>() <= notifications {
+    /// of a healthy one. `always`: whatever is listed, so that the claim knows which messages
+    /// it is offered groups of. In the claim's transaction; the caller keeps the result if it
+    /// commits.
+    pub fn sort_out(&mut self, notifications: usize, allowed: &[i64], always: bool) -> Result<()> {
+        if !always && self.listed.iter().map(|group| group.size).sum::<usize>() <= notifications {
             return Ok(());
         }
         let unknown: Vec<u64> = self
@@ -148,27 +160,31 @@ impl NewGroupsFound {
         self.index(&to_index)
     }
 
-    /// Addresses of the listed groups to offer a claim of at most `notifications`, of which
-    /// each message may take what `allowances` says: the first ones, as many as could fill it.
-    pub fn offer(&self, notifications: usize, allowances: &[(i64, usize)]) -> Vec<u64> {
+    /// The listed groups to offer a claim of at most `notifications`, of which each message
+    /// may take what `allowances` says: the first ones, as many as could fill it.
+    pub fn offer(&self, notifications: usize, allowances: &[(i64, usize)]) -> Offer {
         let mut room = notifications;
         let mut rooms: HashMap<i64, usize> = allowances.iter().copied().collect();
-        let mut offered = Vec::new();
+        let mut offer = Offer::default();
         for group in &self.listed {
             if room == 0 {
                 break;
             }
-            if let Some(message) = group.message {
-                let message_room = rooms.entry(message).or_default();
-                if *message_room == 0 {
-                    continue;
+            match group.message {
+                Some(message) => {
+                    let message_room = rooms.entry(message).or_default();
+                    if *message_room == 0 {
+                        continue;
+                    }
+                    *message_room = message_room.saturating_sub(group.size);
+                    offer.messages.insert(message);
                 }
-                *message_room = message_room.saturating_sub(group.size);
+                None => offer.unknown_messages = true,
             }
             room = room.saturating_sub(group.size);
-            offered.push(group.address);
+            offer.addresses.push(group.address);
         }
-        offered
+        offer
     }
 
     /// Notes what is left to find after a claim that was offered the groups at `offered` (see
