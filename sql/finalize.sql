@@ -141,7 +141,7 @@ COMMENT ON VIEW outbound_msg.client_certificates IS
 -- Raises the error of a DDL command that would drop or rename a sent column.
 CREATE FUNCTION outbound_msg.refuse_sent_column_change(column_name text, table_name text,
                                                        unique_name text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'column "%" of table % is sent by outbound message "%"',
                     column_name, table_name, unique_name
@@ -256,6 +256,45 @@ CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION outbound_msg.check_altered_tables();
 
+-- How delivery stands in this database, for a DBA wondering why no listener hears anything.
+CREATE FUNCTION outbound_msg.worker_status(
+    OUT preloaded boolean, OUT launcher_pid integer, OUT worker_pid integer,
+    OUT worker_state text, OUT queued bigint, OUT oldest_queued_age interval,
+    OUT last_error text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+SELECT outbound_msg.preloaded(),
+       (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+         WHERE a.backend_type = 'outbound_msg launcher' LIMIT 1),
+       w.pid,
+       CASE WHEN NOT outbound_msg.preloaded() THEN 'not preloaded'
+            WHEN w.pid IS NOT NULL THEN coalesce(a.query, 'starting')
+            WHEN w.waiting_since IS NOT NULL THEN 'waiting for a worker slot'
+            WHEN w.database_oid IS NOT NULL THEN 'starting'
+            ELSE 'no worker (nothing to deliver)' END,
+       q.queued,
+       pg_catalog.now() - q.oldest,
+       (SELECT e.last_error FROM outbound_msg.queue e
+         WHERE e.last_error IS NOT NULL AND e.state <> 'new'
+         ORDER BY e.last_attempt_at DESC NULLS LAST LIMIT 1)
+  FROM (SELECT coalesce(sum(cardinality(record_ids)), 0)::bigint AS queued,
+               min(created_at) AS oldest
+          FROM outbound_msg.queue WHERE state <> 'expired') q
+  LEFT JOIN outbound_msg.worker_slots() w
+         ON w.database_oid = (SELECT d.oid FROM pg_catalog.pg_database d
+                               WHERE d.datname = pg_catalog.current_database())
+  LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = w.pid;
+END;
+COMMENT ON FUNCTION outbound_msg.worker_status() IS
+    'This database''s delivery: library preloaded, launcher and worker pids, the worker''s state, notifications queued, the oldest one''s age, the last delivery error';
+
+-- Definitions and client certificates are dumped with the database (pg_dump); queued
+-- notifications, counters and endpoint health are not: a restored copy must not send again
+-- what the original sent.
+SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message', '');
+SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('outbound_msg.client_certificate', '');
+
 -- Only superusers, or roles a superuser grants EXECUTE to, define and administer messages.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbound_msg FROM PUBLIC;
 -- Serve this database from the commit of CREATE EXTENSION on, without a restart.
@@ -293,3 +332,39 @@ COMMENT ON FUNCTION outbound_msg.drop_client_certificate(text) IS
     'Deletes a client certificate that no message presents';
 COMMENT ON FUNCTION outbound_msg.wsdl(regclass, text) IS
     'The WSDL a listener for this outbound message is built from';
+COMMENT ON FUNCTION outbound_msg.send(regclass, text, anyelement) IS
+    'Queues a notification for the row with the given primary key, given in its own type; returns its notification Id';
+COMMENT ON FUNCTION outbound_msg.retry(text) IS
+    'Makes one notification (by its Id), with the group it is sent in, due now; returns how many were rescheduled';
+COMMENT ON FUNCTION outbound_msg.retry(regclass, text) IS
+    'Makes every notification of an outbound message due now, expired ones included; returns how many';
+COMMENT ON FUNCTION outbound_msg.retry_expired() IS
+    'Makes every expired notification due again (protected messages'' only for a superuser); returns how many';
+COMMENT ON FUNCTION outbound_msg.discard(text) IS
+    'Deletes one notification (by its Id) without sending it';
+COMMENT ON FUNCTION outbound_msg.discard(regclass, text) IS
+    'Deletes every queued or expired notification of an outbound message; returns how many';
+COMMENT ON FUNCTION outbound_msg.discard_expired() IS
+    'Deletes every expired notification (protected messages'' only for a superuser); returns how many';
+COMMENT ON FUNCTION outbound_msg.notification_id(bigint) IS
+    'The 18-character notification Id of a notification number';
+COMMENT ON FUNCTION outbound_msg.endpoint_of(text) IS
+    'The endpoint (scheme, host, port) of a URL, as endpoint health knows it, credentials left out';
+COMMENT ON FUNCTION outbound_msg.worker_slots() IS
+    'Databases served by a delivery worker or waiting for one; read through outbound_msg.workers';
+COMMENT ON FUNCTION outbound_msg.wake_worker() IS
+    'Asks this database''s delivery worker to look at the queue when the transaction commits';
+COMMENT ON FUNCTION outbound_msg.preloaded() IS
+    'Whether the library was loaded by shared_preload_libraries (without it nothing is delivered)';
+COMMENT ON FUNCTION outbound_msg.capture() IS
+    'Row trigger of tables with outbound messages: captures changes into the queue';
+
+-- Without the preload there is no worker: rows are captured and queued, and nothing is sent.
+DO $$
+BEGIN
+    IF NOT outbound_msg.preloaded() THEN
+        RAISE WARNING 'outbound_msg is not in shared_preload_libraries: notifications will be queued but not delivered'
+              USING HINT = 'Add outbound_msg to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END
+$$;

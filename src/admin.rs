@@ -6,7 +6,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{required, Error, Kind, Result};
 use crate::ids::{number_of, salesforce_id, NOTIFICATION_PREFIX};
 use crate::queue::{self, Selection};
 use crate::sqltypes::RegClass;
@@ -17,6 +17,13 @@ use crate::{catalog, roles};
 #[pg_extern(immutable, parallel_safe)]
 fn notification_id(number: i64) -> String {
     salesforce_id(NOTIFICATION_PREFIX, number as u64)
+}
+
+/// Whether the library was loaded by `shared_preload_libraries`: without it, notifications
+/// are captured and queued but no worker delivers them. Read through `worker_status()`.
+#[pg_extern]
+fn preloaded() -> bool {
+    crate::worker::preloaded()
 }
 
 /// Every database a delivery worker serves or that waits for one (shared memory, so every
@@ -54,7 +61,8 @@ fn wake_worker() {
 /// Makes one notification (by its 18-character Id) due now, with the group it is sent in;
 /// returns how many notifications were rescheduled (0 if in flight).
 #[pg_extern(name = "retry")]
-fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
+fn retry_one(notification_id: Option<&str>) -> std::result::Result<i64, ErrorReport> {
+    let notification_id = required(notification_id, "notification_id")?;
     roles::api_call(|client, caller| {
         let id = existing_notification(client, notification_id, caller)?;
         queue::retry(client, Selection::One(id))
@@ -63,7 +71,12 @@ fn retry_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
 
 /// Makes every notification of a message due now, expired ones included; returns how many.
 #[pg_extern(name = "retry")]
-fn retry_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
+fn retry_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<i64, ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
     roles::api_call(|client, caller| {
         let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
         queue::retry(client, Selection::Message(message_id))
@@ -79,7 +92,8 @@ fn retry_expired() -> std::result::Result<i64, ErrorReport> {
 
 /// Deletes one notification (by its 18-character Id) without sending it; returns 1.
 #[pg_extern(name = "discard")]
-fn discard_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
+fn discard_one(notification_id: Option<&str>) -> std::result::Result<i64, ErrorReport> {
+    let notification_id = required(notification_id, "notification_id")?;
     roles::api_call(|client, caller| {
         let id = existing_notification(client, notification_id, caller)?;
         queue::discard(client, Selection::One(id))
@@ -88,7 +102,12 @@ fn discard_one(notification_id: &str) -> std::result::Result<i64, ErrorReport> {
 
 /// Deletes every queued or expired notification of a message; returns how many.
 #[pg_extern(name = "discard")]
-fn discard_message(object: RegClass, unique_name: &str) -> std::result::Result<i64, ErrorReport> {
+fn discard_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<i64, ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
     roles::api_call(|client, caller| {
         let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
         queue::discard(client, Selection::Message(message_id))

@@ -18,7 +18,7 @@ use pgrx::spi::{quote_identifier, SpiClient};
 use pgrx::PgTupleDesc;
 
 use crate::catalog::{self, Capture, Evaluate};
-use crate::error::{Error, Kind};
+use crate::error::{required, Error, Kind};
 use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::sqltypes::RegClass;
 use crate::{criteria, pending, queue, roles, soap, wire};
@@ -381,15 +381,41 @@ fn wanted(message: &Capture, new_row: &Row, old_row: Option<&Row>) -> crate::err
     })
 }
 
+/// [`send`] with the key in its own type (`send('expense', 'Expense_to_ERP', 3)`): the key's
+/// text form is read as the key column's type.
+#[pg_extern(name = "send")]
+fn send_key(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+    key: Option<pgrx::AnyElement>,
+) -> std::result::Result<String, ErrorReport> {
+    let key = required(key, "key")?;
+    let mut output = pg_sys::Oid::INVALID;
+    let mut varlena = false;
+    // SAFETY: the output function of the argument's own type, called on its datum; the C
+    // string it returns is palloc'd and copied before the memory context goes.
+    let text = unsafe {
+        pg_sys::getTypeOutputInfo(key.oid(), &mut output, &mut varlena);
+        let text = pg_sys::OidOutputFunctionCall(output, key.datum());
+        std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned()
+    };
+    send(object, unique_name, Some(&text))
+}
+
 /// Queues a notification of a message for the row whose primary key is `key`, as a procedure,
 /// flow or approval step would call the action. The row is read with the send-as role's
 /// privileges; the message's evaluation criteria do not apply. Returns the notification's Id.
 #[pg_extern]
 fn send(
-    object: RegClass,
-    unique_name: &str,
-    key: &str,
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+    key: Option<&str>,
 ) -> std::result::Result<String, ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
+    let key = required(key, "key")?;
     roles::api_call(|client, caller| {
         let message = catalog::sendable(client, object, unique_name, caller)?;
         let fields = readable_fields(

@@ -10,7 +10,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{required, required_elements, Error, Kind, Result};
 use crate::sqltypes::{RegClass, RegRole};
 use crate::{capture, certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
 
@@ -90,32 +90,32 @@ struct Settings {
 #[allow(clippy::too_many_arguments)]
 #[pg_extern]
 fn create_message(
-    object: RegClass,
-    name: &str,
-    unique_name: &str,
-    endpoint_url: &str,
-    fields: Vec<String>,
-    send_as: RegRole,
+    object: Option<RegClass>,
+    name: Option<&str>,
+    unique_name: Option<&str>,
+    endpoint_url: Option<&str>,
+    fields: Option<Vec<Option<String>>>,
+    send_as: Option<RegRole>,
     description: default!(Option<&str>, "NULL"),
-    evaluate: default!(&str, "'created_or_edited'"),
+    evaluate: default!(Option<&str>, "'created_or_edited'"),
     criteria: default!(Option<&str>, "NULL"),
-    protected: default!(bool, false),
+    protected: default!(Option<bool>, false),
     client_certificate: default!(Option<&str>, "NULL"),
-    active: default!(bool, true),
+    active: default!(Option<bool>, true),
 ) -> std::result::Result<i64, ErrorReport> {
     let settings = Settings {
-        object: object.0,
-        name: name.to_string(),
-        unique_name: unique_name.to_string(),
+        object: required(object, "object")?.0,
+        name: required(name, "name")?.to_string(),
+        unique_name: required(unique_name, "unique_name")?.to_string(),
         description: description.map(str::to_string),
-        endpoint_url: endpoint_url.to_string(),
-        fields,
-        send_as: send_as.0,
-        evaluate: evaluate.to_string(),
+        endpoint_url: required(endpoint_url, "endpoint_url")?.to_string(),
+        fields: required_elements(fields, "fields")?,
+        send_as: required(send_as, "send_as")?.0,
+        evaluate: required(evaluate, "evaluate")?.to_string(),
         criteria: criteria.map(str::to_string),
-        protected,
+        protected: required(protected, "protected")?,
         client_certificate: client_certificate.map(str::to_string),
-        active,
+        active: required(active, "active")?,
     };
     roles::api_call(|client, caller| {
         let checked = check(client, settings, None, None, caller)?;
@@ -130,13 +130,13 @@ fn create_message(
 #[allow(clippy::too_many_arguments)]
 #[pg_extern]
 fn alter_message(
-    object: RegClass,
-    unique_name: &str,
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
     name: default!(Option<&str>, "NULL"),
     new_unique_name: default!(Option<&str>, "NULL"),
     description: default!(Option<&str>, "NULL"),
     endpoint_url: default!(Option<&str>, "NULL"),
-    fields: default!(Option<Vec<String>>, "NULL"),
+    fields: default!(Option<Vec<Option<String>>>, "NULL"),
     send_as: default!(Option<RegRole>, "NULL"),
     evaluate: default!(Option<&str>, "NULL"),
     criteria: default!(Option<&str>, "NULL"),
@@ -149,6 +149,11 @@ fn alter_message(
         Some("") => None,
         Some(text) => Some(text.to_string()),
     };
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
+    let fields = fields
+        .map(|fields| required_elements(Some(fields), "fields"))
+        .transpose()?;
     roles::api_call(|client, caller| {
         let Stored {
             id,
@@ -186,11 +191,23 @@ fn alter_message(
 
 /// Removes a message, its queued notifications, and the table's trigger when no message is left.
 #[pg_extern]
-fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), ErrorReport> {
+fn drop_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<(), ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
     roles::api_call(|client, caller| {
         let stored = find(client, object, unique_name)?;
         refuse_if_protected(&stored.settings, caller)?;
-        queue::forget_message(client, stored.id)?;
+        let discarded = queue::forget_message(client, stored.id)?;
+        if discarded > 0 {
+            notice!(
+                "outbound message \"{unique_name}\" dropped with {discarded} queued \
+                 notification{} discarded",
+                if discarded == 1 { "" } else { "s" }
+            );
+        }
         client.update(
             "DELETE FROM outbound_msg.message WHERE id = $1",
             None,
@@ -218,21 +235,29 @@ fn drop_message(object: RegClass, unique_name: &str) -> std::result::Result<(), 
 
 /// Makes a message capture again.
 #[pg_extern]
-fn enable_message(object: RegClass, unique_name: &str) -> std::result::Result<(), ErrorReport> {
+fn enable_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<(), ErrorReport> {
     set_active(object, unique_name, true)
 }
 
 /// Stops a message capturing; notifications already queued are still delivered.
 #[pg_extern]
-fn disable_message(object: RegClass, unique_name: &str) -> std::result::Result<(), ErrorReport> {
+fn disable_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<(), ErrorReport> {
     set_active(object, unique_name, false)
 }
 
 fn set_active(
-    object: RegClass,
-    unique_name: &str,
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
     active: bool,
 ) -> std::result::Result<(), ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
     roles::api_call(|client, caller| {
         let stored = find(client, object, unique_name)?;
         refuse_if_protected(&stored.settings, caller)?;
@@ -248,7 +273,12 @@ fn set_active(
 
 /// The WSDL a listener for this message is built from, with its endpoint as `soap:address`.
 #[pg_extern(stable)]
-fn wsdl(object: RegClass, unique_name: &str) -> std::result::Result<String, ErrorReport> {
+fn wsdl(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+) -> std::result::Result<String, ErrorReport> {
+    let object = required(object, "object")?;
+    let unique_name = required(unique_name, "unique_name")?;
     roles::api_call(|client, _caller| {
         let settings = find(client, object, unique_name)?.settings;
         let table = relation_name(client, settings.object)?;

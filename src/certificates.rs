@@ -9,17 +9,20 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{required, Error, Kind, Result};
 use crate::{roles, tls, validate};
 
 /// Stores a client certificate (PEM chain, end-entity first) and its private key (PEM) under
 /// `name`; returns the certificate's SHA-256 fingerprint.
 #[pg_extern]
 fn import_client_certificate(
-    name: &str,
-    certificate_pem: &str,
-    private_key_pem: &str,
+    name: Option<&str>,
+    certificate_pem: Option<&str>,
+    private_key_pem: Option<&str>,
 ) -> std::result::Result<String, ErrorReport> {
+    let name = required(name, "name")?;
+    let certificate_pem = required(certificate_pem, "certificate_pem")?;
+    let private_key_pem = required(private_key_pem, "private_key_pem")?;
     roles::api_call(|client, _| {
         validate::unique_name(name).map_err(|reason| {
             Error::new(
@@ -82,7 +85,8 @@ fn import_client_certificate(
 
 /// Deletes a client certificate no message uses.
 #[pg_extern]
-fn drop_client_certificate(name: &str) -> std::result::Result<(), ErrorReport> {
+fn drop_client_certificate(name: Option<&str>) -> std::result::Result<(), ErrorReport> {
+    let name = required(name, "name")?;
     roles::api_call(|client, _| {
         require(client, name)?;
         let users: Vec<String> = client

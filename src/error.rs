@@ -29,6 +29,8 @@ pub enum Kind {
     DependentObjectsStillExist,
     /// 42P16: the table cannot carry an outbound message (no usable primary key).
     InvalidTableDefinition,
+    /// 22004: a required argument, or an element of an array argument, is NULL.
+    NullValueNotAllowed,
     /// 0A000: a setting this version does not support yet.
     FeatureNotSupported,
     /// XX000: a failure that is our bug, not the caller's.
@@ -54,6 +56,7 @@ impl Kind {
             }
             Kind::InvalidTableDefinition => PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
             Kind::FeatureNotSupported => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            Kind::NullValueNotAllowed => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             Kind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -109,6 +112,29 @@ impl From<Error> for ErrorReport {
         }
         report
     }
+}
+
+/// The value of the required parameter `name`: NULL is an error naming it.
+pub fn required<T>(value: Option<T>, name: &str) -> Result<T> {
+    value.ok_or_else(|| {
+        Error::new(
+            Kind::NullValueNotAllowed,
+            format!("{name} must not be null"),
+        )
+    })
+}
+
+/// The elements of the array parameter `name`, none of which may be NULL.
+pub fn required_elements<T>(values: Option<Vec<Option<T>>>, name: &str) -> Result<Vec<T>> {
+    required(values, name)?
+        .into_iter()
+        .collect::<Option<Vec<T>>>()
+        .ok_or_else(|| {
+            Error::new(
+                Kind::NullValueNotAllowed,
+                format!("{name} must not contain null elements"),
+            )
+        })
 }
 
 impl From<pgrx::spi::Error> for Error {

@@ -279,16 +279,26 @@ pub fn write_groups(groups: &Groups) -> Result<Vec<i64>> {
 }
 
 /// Removes the queued notifications and counters of a message that is being dropped.
-pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<()> {
+/// Returns how many queued or expired notifications it discarded.
+pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<i64> {
     crate::pending::forget_message(message_id);
-    for table in ["queue", "message_stats"] {
-        client.update(
-            &format!("DELETE FROM outbound_msg.{table} WHERE message_id = $1"),
+    let discarded = client
+        .update(
+            "WITH gone AS (DELETE FROM outbound_msg.queue WHERE message_id = $1
+                           RETURNING cardinality(record_ids) AS size)
+             SELECT coalesce(sum(size), 0)::bigint FROM gone",
             None,
             &[message_id.into()],
-        )?;
-    }
-    Ok(())
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0);
+    client.update(
+        "DELETE FROM outbound_msg.message_stats WHERE message_id = $1",
+        None,
+        &[message_id.into()],
+    )?;
+    Ok(discarded)
 }
 
 /// Notifications of one outbound message, to be sent in one SOAP message.

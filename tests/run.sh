@@ -26,4 +26,9 @@ cargo pgrx test pg15 "${pgrx_test_args[@]}"
 echo "== end-to-end tests"
 # cargo pgrx test installed its test build; the end-to-end tests run the release build.
 cargo pgrx install --release --pg-config "$PG_CONFIG" "${install_args[@]}" >/dev/null
+# cargo pgrx install copies update scripts only: the released 0.1.0 install script, which the
+# update test starts from, is installed beside them.
+sudo_cmd=()
+[ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+"${sudo_cmd[@]}" install -m 644 sql/outbound_msg--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 .venv/bin/pytest -q tests/e2e
