@@ -16,6 +16,7 @@ mod guc;
 mod http;
 mod ids;
 mod pending;
+mod pgver;
 mod queue;
 mod queue_insert;
 mod retry;

@@ -563,7 +563,7 @@ pub fn storage() -> Result<u32> {
     // SAFETY: opens and locks an existing relation to read its relcache entry.
     unsafe {
         let relation = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let storage = (*relation).rd_node.relNode.to_u32();
+        let storage = crate::pgver::storage_number(relation);
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
         Ok(storage)
     }

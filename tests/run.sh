@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of outbound_msg:
 #   1. unit tests and #[pg_test]s (cargo pgrx test, in pgrx's own test cluster);
-#   2. end-to-end tests (pytest) against a throwaway preloaded cluster running the release build.
+#   2. end-to-end tests (pytest) against a throwaway preloaded cluster running the release build;
+#   3. with PG_MAJORS (for example PG_MAJORS="15 17 18"), the end-to-end tests on those majors too.
 # Installs missing prerequisites first (.ci/setup).
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -32,3 +33,25 @@ sudo_cmd=()
 [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
 "${sudo_cmd[@]}" install -m 644 sql/outbound_msg--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 .venv/bin/pytest -q tests/e2e
+
+# PG_MAJORS="15 17 18": the end-to-end suite also runs against PostgreSQL 17 and 18, each in a
+# chroot of the Debian release that packages it (.ci/pg-chroot; needs root), with the library
+# built for that major. 15 always runs in full, as above.
+for major in ${PG_MAJORS:-15}; do
+  [ "$major" = 15 ] && continue
+  echo "== end-to-end tests, PostgreSQL $major"
+  wrapper=$(bash .ci/pg-chroot "$major")
+  root=$(dirname "$wrapper")
+  PGRX_PG_CONFIG_PATH="$wrapper" CARGO_TARGET_DIR="target/pg$major" cargo pgrx install --release \
+    --no-default-features --features "pg$major" --pg-config "$wrapper" >/dev/null
+  install -m 644 sql/outbound_msg--0.1.0.sql "$("$wrapper" --sharedir)/extension/"
+  # The servers run in the chroot; their data, sockets and the tests' files stay in the host's
+  # /tmp, seen at the same path inside.
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
+  mountpoint -q "$root/tmp" || mount --bind /tmp "$root/tmp"
+  trap 'umount "$root/tmp" "$root/dev" "$root/proc" 2>/dev/null || true' EXIT
+  PG_CHROOT="$root" PG_CONFIG="$wrapper" .venv/bin/pytest -q tests/e2e
+  umount "$root/tmp" "$root/dev" "$root/proc"
+  trap - EXIT
+done

@@ -186,7 +186,7 @@ def test_a_bulk_commit_during_pgbench_and_delivery_loses_nothing(own_cluster):
         with open(script, "w") as f:
             f.write("INSERT INTO f VALUES (nextval('f_ids'), 'pgbench');\n")
         pgbench = subprocess.Popen(
-            [os.path.join(own_cluster.bindir, "pgbench"), "-n", "-c", "8", "-j", "2",
+            [*own_cluster.tool("pgbench"), "-n", "-c", "8", "-j", "2",
              "-T", str(5 * SCALE), "-f", script, "-h", "127.0.0.1",
              "-p", str(own_cluster.port), "-U", "postgres", "postgres"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

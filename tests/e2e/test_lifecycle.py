@@ -283,7 +283,7 @@ def test_drop_of_a_message_with_a_queue_says_how_many_were_discarded(db):
 
 
 def pg_tool(cluster, tool, *args):
-    return subprocess.run([os.path.join(cluster.bindir, tool), "-h", "127.0.0.1",
+    return subprocess.run([*cluster.tool(tool), "-h", "127.0.0.1",
                            "-p", str(cluster.port), "-U", "postgres", *args],
                           check=True, capture_output=True)
 

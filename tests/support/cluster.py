@@ -14,6 +14,9 @@ import time
 import psycopg
 
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+#: A chroot the server's binaries run in (PostgreSQL 17 and 18, see .ci/pg-chroot), with the
+#: host's /tmp bound at its /tmp; PG_CONFIG then reports its paths as the host sees them.
+PG_CHROOT = os.environ.get("PG_CHROOT", "")
 
 #: Short delivery timings for test clusters, so that failures, retries and expiry happen within
 #: a test.
@@ -27,6 +30,14 @@ TEST_SETTINGS = {
 def _bindir():
     return subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+def tool_command(bindir, tool):
+    """The command that runs PostgreSQL's client program `tool` (psql, pg_dump, pgbench...) of
+    the binaries in `bindir`: inside the chroot when there is one."""
+    if PG_CHROOT:
+        return ["chroot", PG_CHROOT, os.path.join(bindir[len(PG_CHROOT):], tool)]
+    return [os.path.join(bindir, tool)]
 
 
 def free_port():
@@ -67,9 +78,16 @@ class Cluster:
                 f.write(f"{key} = {value}\n")
         self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "start")
 
+    def tool(self, name):
+        """The command running this cluster's client program `name`."""
+        return tool_command(self.bindir, name)
+
     def _run(self, tool, *args):
         command = [os.path.join(self.bindir, tool), *args]
-        if self.as_root:
+        if PG_CHROOT:
+            command = ["chroot", PG_CHROOT, "runuser", "-u", "postgres", "--",
+                       os.path.join(self.bindir[len(PG_CHROOT):], tool), *args]
+        elif self.as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
