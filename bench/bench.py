@@ -169,7 +169,7 @@ CLIENTS = 2
 def pgbench(cluster, scripts, seconds):
     """Runs pgbench on `scripts` (each transaction picks one at random); returns the total tps
     and each script's average latency in ms."""
-    command = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
+    command = [*cluster.tool("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
                "-c", str(CLIENTS), "-j", str(CLIENTS), "-T", str(seconds)]
     for script in scripts:
         command += ["-f", script]

@@ -35,23 +35,10 @@ sudo_cmd=()
 .venv/bin/pytest -q tests/e2e
 
 # PG_MAJORS="15 17 18": the end-to-end suite also runs against PostgreSQL 17 and 18, each in a
-# chroot of the Debian release that packages it (.ci/pg-chroot; needs root), with the library
+# chroot of the Debian release that packages it (.ci/with-major; needs root), with the library
 # built for that major. 15 always runs in full, as above.
 for major in ${PG_MAJORS:-15}; do
   [ "$major" = 15 ] && continue
   echo "== end-to-end tests, PostgreSQL $major"
-  wrapper=$(bash .ci/pg-chroot "$major")
-  root=$(dirname "$wrapper")
-  PGRX_PG_CONFIG_PATH="$wrapper" CARGO_TARGET_DIR="target/pg$major" cargo pgrx install --release \
-    --no-default-features --features "pg$major" --pg-config "$wrapper" >/dev/null
-  install -m 644 sql/outbound_msg--0.1.0.sql "$("$wrapper" --sharedir)/extension/"
-  # The servers run in the chroot; their data, sockets and the tests' files stay in the host's
-  # /tmp, seen at the same path inside.
-  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
-  mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
-  mountpoint -q "$root/tmp" || mount --bind /tmp "$root/tmp"
-  trap 'umount "$root/tmp" "$root/dev" "$root/proc" 2>/dev/null || true' EXIT
-  PG_CHROOT="$root" PG_CONFIG="$wrapper" .venv/bin/pytest -q tests/e2e
-  umount "$root/tmp" "$root/dev" "$root/proc"
-  trap - EXIT
+  bash .ci/with-major "$major" .venv/bin/pytest -q tests/e2e
 done
