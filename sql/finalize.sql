@@ -159,6 +159,7 @@ CREATE FUNCTION outbound_msg.forget_dropped_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     broken record;
+    gone bigint[];
 BEGIN
     -- DROP EXTENSION removes these tables too: nothing to forget then.
     IF to_regclass('outbound_msg.message') IS NULL THEN
@@ -182,10 +183,12 @@ BEGIN
         DELETE FROM outbound_msg.message m
          USING pg_event_trigger_dropped_objects() d
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.object
-        RETURNING m.id),
-    queued AS (
-        DELETE FROM outbound_msg.queue q USING dropped WHERE q.message_id = dropped.id)
-    DELETE FROM outbound_msg.message_stats s USING dropped WHERE s.message_id = dropped.id;
+        RETURNING m.id)
+    SELECT array_agg(id) INTO gone FROM dropped;
+    -- The queue's rows go as the queue's own SQL says (src/queue/forget.sql).
+    IF gone IS NOT NULL THEN
+        PERFORM outbound_msg.forget_queued(gone);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION outbound_msg.forget_dropped_tables() IS

@@ -55,6 +55,57 @@ REVOKE ALL ON FUNCTION outbound_msg.send(regclass, text, anyelement), outbound_m
                        outbound_msg.worker_status()
     FROM PUBLIC;
 
+-- What a dropped table or message leaves in the queue goes as the queue's own SQL says.
+CREATE FUNCTION outbound_msg.forget_queued(message_ids bigint[]) RETURNS bigint
+LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH gone AS (
+        DELETE FROM outbound_msg.queue WHERE message_id = ANY (message_ids)
+        RETURNING cardinality(record_ids) AS size),
+    counters AS (
+        DELETE FROM outbound_msg.message_stats WHERE message_id = ANY (message_ids))
+    SELECT coalesce(sum(size), 0)::bigint FROM gone;
+END;
+COMMENT ON FUNCTION outbound_msg.forget_queued(bigint[]) IS
+    'Deletes the queued notifications and counters of messages being dropped; returns how many notifications';
+REVOKE ALL ON FUNCTION outbound_msg.forget_queued(bigint[]) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION outbound_msg.forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    broken record;
+    gone bigint[];
+BEGIN
+    -- DROP EXTENSION removes these tables too: nothing to forget then.
+    IF to_regclass('outbound_msg.message') IS NULL THEN
+        RETURN;
+    END IF;
+    -- A column dropped on its own (or with a type or domain dropped CASCADE) that a message
+    -- sends: refused, as ALTER TABLE ... DROP COLUMN is (check_altered_tables).
+    SELECT m.unique_name, m.object::text AS table_name,
+           d.address_names[array_length(d.address_names, 1)] AS column_name
+      INTO broken
+      FROM pg_event_trigger_dropped_objects() d
+      JOIN outbound_msg.message m ON m.object = d.objid
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
+       AND d.address_names[array_length(d.address_names, 1)] = ANY (m.fields || m.key_column::text)
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM outbound_msg.refuse_sent_column_change(broken.column_name, broken.table_name,
+                                                       broken.unique_name);
+    END IF;
+    WITH dropped AS (
+        DELETE FROM outbound_msg.message m
+         USING pg_event_trigger_dropped_objects() d
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.object
+        RETURNING m.id)
+    SELECT array_agg(id) INTO gone FROM dropped;
+    -- The queue's rows go as the queue's own SQL says (src/queue/forget.sql).
+    IF gone IS NOT NULL THEN
+        PERFORM outbound_msg.forget_queued(gone);
+    END IF;
+END
+$$;
+
 -- Definitions and client certificates are dumped with the database; the queue is not.
 SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message', '');
 SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message_id_seq', '');

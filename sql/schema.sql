@@ -1,7 +1,7 @@
 -- Catalog and queue tables of outbound_msg. Both are ordinary, WAL-logged tables: a committed
 -- capture survives a crash, and a standby has the same queue its primary had.
 
--- One row per outbound message definition. Written only by src/catalog.rs.
+-- One row per outbound message definition. Written only by src/define/catalog.rs.
 CREATE TABLE outbound_msg.message (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     object             regclass NOT NULL,
@@ -31,14 +31,14 @@ COMMENT ON COLUMN outbound_msg.message.key_column IS
 
 -- The delivery queue: one row per group of notifications of one message, captured together
 -- (by one statement, or one transaction) and sent together in one SOAP message. Written only
--- by src/queue.rs. A row leaves the queue only when a listener acknowledged its message, or an
+-- by src/queue/. A row leaves the queue only when a listener acknowledged its message, or an
 -- administrator discarded it. Notification n of row r (from 0) has the notification number
 -- r * 100 + n: its Id, the same on every retry.
--- Its rules are kept by src/queue.rs rather than CHECK constraints: 1 to 100 record ids, as
+-- Its rules are kept by src/queue/ rather than CHECK constraints: 1 to 100 record ids, as
 -- many payloads, and a state of queued, sending, retrying or expired. PostgreSQL parses and
--- plans a table's CHECK expressions again for every INSERT statement, which cost a single-row
--- capture about a third of its time.
--- Ids come from src/queue_insert.rs: each backend takes a block of a hundred from
+-- plans a table's CHECK expressions again for every INSERT statement, a large part of what a
+-- single-row capture would cost (bench/README.md).
+-- Ids come from src/queue/insert.rs: each backend takes a block of a hundred from
 -- queue_id_blocks (its values are 1, 101, 201, ...) and numbers rows from it, so a single-row
 -- capture rarely calls the sequence at all. Ids stay unique and grow; they are not in commit
 -- order across backends (they never were), and a backend that exits leaves a gap.
@@ -60,11 +60,11 @@ CREATE TABLE outbound_msg.queue (
 );
 -- Claims read each message's groups in order of due time, and only of messages that may take
 -- more: a message whose connections are all busy costs a claim nothing, whatever its backlog.
--- New groups are not in it: an index entry was a third of what capturing a single-row change
--- cost. The committing transaction tells the worker where its rows are, and a claim takes them
+-- New groups are not in it: an index entry is a large part of what capturing a single-row
+-- change costs (bench/README.md). The committing transaction tells the worker where its rows are, and a claim takes them
 -- at those addresses; only those a claim leaves while their message's connections are busy go
--- into the index (state 'queued') to wait (src/worker/wake.rs, src/worker/fresh.rs). Rows go
--- into the queue without the executor (src/queue_insert.rs), which would plan this predicate
+-- into the index (state 'queued') to wait (src/queue/new_rows.rs). Rows go
+-- into the queue without the executor (src/queue/insert.rs), which would plan this predicate
 -- for every INSERT statement. Expired groups stay in it: their next_attempt_at is 'infinity',
 -- after every due one.
 CREATE SEQUENCE outbound_msg.queue_id_blocks INCREMENT BY 100 OWNED BY outbound_msg.queue.id;
@@ -92,7 +92,7 @@ COMMENT ON COLUMN outbound_msg.queue.state IS
 COMMENT ON COLUMN outbound_msg.queue.retried_at IS
     'Last outbound_msg.retry() of this group: its age for outbound_msg.max_age counts from here';
 
--- Delivery counters per message. Written only by src/queue.rs.
+-- Delivery counters per message. Written only by src/queue/.
 CREATE TABLE outbound_msg.message_stats (
     message_id      bigint PRIMARY KEY,
     delivered       bigint NOT NULL DEFAULT 0,
@@ -110,7 +110,7 @@ REVOKE ALL ON outbound_msg.message, outbound_msg.queue, outbound_msg.message_sta
 
 -- What the worker last reported of each endpoint (scheme, host and port) it sends to: its
 -- circuit state (healthy, unproven, failing), consecutive failures, since when it fails, and
--- its requests in flight. Written only by src/worker/endpoints.rs; read by the next worker of
+-- its requests in flight. Written only by src/deliver/endpoints.rs; read by the next worker of
 -- the database and by the outbound_msg.endpoints view.
 CREATE TABLE outbound_msg.endpoint_health (
     endpoint             text PRIMARY KEY,
@@ -126,7 +126,7 @@ COMMENT ON TABLE outbound_msg.endpoint_health IS
     'Health of each endpoint as the delivery worker last reported it; see outbound_msg.endpoints';
 REVOKE ALL ON outbound_msg.endpoint_health FROM PUBLIC;
 
--- Client certificates for mutual TLS. Written only by src/certificates.rs. The private key is
+-- Client certificates for mutual TLS. Written only by src/define/certificates.rs. The private key is
 -- never shown back: the view outbound_msg.client_certificates leaves it out.
 CREATE TABLE outbound_msg.client_certificate (
     name            text PRIMARY KEY,

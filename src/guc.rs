@@ -62,7 +62,7 @@ pub fn init() {
         c"Databases with work beyond this wait their turn: a worker gives its place up to a waiting database after a while. Each worker takes one of max_worker_processes.",
         &MAX_WORKERS,
         1,
-        crate::worker::shmem::MAX_DATABASES as i32,
+        crate::deliver::shmem::MAX_DATABASES as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );

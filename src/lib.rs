@@ -1,36 +1,25 @@
 //! outbound_msg: Salesforce-style Outbound Messages for PostgreSQL.
 //!
-//! Row triggers capture changes into a durable queue ([`capture`], [`queue`]); a background
-//! worker ([`worker`]) delivers them as SOAP messages ([`soap`], [`http`]) until acknowledged.
-//! Definitions live in [`catalog`]; settings in [`guc`].
+//! The pipeline, one folder per stage: definitions ([`define`]); row triggers that capture
+//! changes ([`capture`]) into a durable queue ([`queue`], its only writer); background workers
+//! that deliver them ([`deliver`]) as SOAP messages ([`wire`]) until acknowledged. Settings
+//! live in [`guc`]; roles, secrets and PostgreSQL plumbing in the files beside them.
 
 use pgrx::prelude::*;
 
-mod admin;
 mod capture;
-mod catalog;
-mod certificates;
-mod criteria;
+mod define;
+mod deliver;
 mod error;
 mod guc;
-mod http;
-mod ids;
-mod pending;
 mod pgver;
 mod queue;
-mod queue_insert;
-mod retry;
+mod relations;
 mod roles;
 mod secrets;
-mod soap;
 mod sqltypes;
-mod tls;
 mod unguarded;
-mod validate;
-mod values;
 mod wire;
-mod worker;
-mod wsdl;
 
 pgrx::pg_module_magic!();
 
@@ -46,8 +35,8 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     guc::init();
     secrets::install_log_filter();
-    pending::install_hook();
-    worker::register();
+    capture::statement::install_hook();
+    deliver::register();
 }
 
 #[cfg(test)]

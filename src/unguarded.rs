@@ -71,16 +71,6 @@ pub mod raising {
             options: std::ffi::c_int,
             bistate: pg_sys::BulkInsertState,
         );
-        pub fn index_insert(
-            index: pg_sys::Relation,
-            values: *mut pg_sys::Datum,
-            isnull: *mut bool,
-            heap_tid: pg_sys::ItemPointer,
-            heap: pg_sys::Relation,
-            check_unique: pg_sys::IndexUniqueCheck::Type,
-            index_unchanged: bool,
-            info: *mut pg_sys::IndexInfo,
-        ) -> bool;
     }
 }
 

@@ -21,7 +21,7 @@ use crate::queue::TextAt;
 use crate::{guc, queue, roles, unguarded};
 
 /// Written to the queue from the row trigger once this many notifications wait: few enough
-/// that their text (~150 bytes each in the bench) stays in the CPU's cache until written, and
+/// that their text stays in the CPU's cache until written, and
 /// its buffer is reused rather than grown and freed again by each large statement.
 const FLUSH_AT: usize = 1_000;
 
@@ -282,7 +282,7 @@ unsafe extern "C-unwind" fn on_transaction(
                 return;
             }
             // DROP EXTENSION in this transaction took the queue, and every message, with it.
-            if crate::catalog::extension_relation(c"queue") == pg_sys::InvalidOid {
+            if crate::relations::extension_relation(c"queue") == pg_sys::InvalidOid {
                 forget(|_| true);
                 return;
             }

@@ -9,8 +9,10 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use super::validate;
+use crate::deliver::tls;
 use crate::error::{required, Error, Kind, Result};
-use crate::{roles, tls, validate};
+use crate::roles;
 
 /// Stores a client certificate (PEM chain, end-entity first) and its private key (PEM) under
 /// `name`; returns the certificate's SHA-256 fingerprint.
@@ -119,7 +121,7 @@ fn drop_client_certificate(name: Option<&str>) -> std::result::Result<(), ErrorR
 
 fn utc(unix_seconds: i64) -> String {
     let micros = (unix_seconds - 946_684_800).saturating_mul(1_000_000);
-    crate::values::timestamptz(micros).unwrap_or_default()
+    crate::wire::values::timestamptz(micros).unwrap_or_default()
 }
 
 fn exists(client: &SpiClient, name: &str) -> Result<bool> {

@@ -11,14 +11,16 @@
 //! the extension, and before DROP DATABASE ([`dropdb`]); if it dies otherwise, the launcher
 //! starts a new one. The postmaster restarts the launcher if it dies.
 
-mod deliver;
+mod deliverer;
 mod dropdb;
 mod endpoints;
-mod fresh;
 mod health;
+pub mod http;
 mod launcher;
 mod pool;
+pub mod retry;
 pub mod shmem;
+pub mod tls;
 pub mod wake;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +87,7 @@ pub extern "C-unwind" fn outbound_msg_worker_main(argument: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(on_worker_exit), argument) };
     configure_session();
 
-    let mut deliverer = match deliver::Deliverer::new() {
+    let mut deliverer = match deliverer::Deliverer::new() {
         Ok(deliverer) => deliverer,
         Err(err) => error!("outbound_msg: could not set up delivery: {err}"),
     };
@@ -207,7 +209,7 @@ fn transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
 
 /// Vacuums the queue (skipping it while another vacuum holds it), so claims do not wade through
 /// the index entries of delivered groups until autovacuum's next round (a minute apart by
-/// default; after 200,000 single-row deliveries that cost each claim several milliseconds).
+/// default, long enough for a busy worker to leave hundreds of thousands of dead entries).
 /// VACUUM runs outside any transaction block and commits transactions of its own: it is
 /// called between steps, like a utility command from a client.
 fn vacuum_queue() {
@@ -250,10 +252,10 @@ fn vacuum_queue() {
 ///   sent again with the same Ids: delivery is at least once either way;
 /// - `plan_cache_mode = force_custom_plan`: its kept statements are planned for the queue as it
 ///   is now. A generic plan made while the queue was nearly empty scans it whole, which under a
-///   large backlog slowed delivery fiftyfold until autovacuum's ANALYZE forced a new plan;
+///   large backlog slows every claim until autovacuum's ANALYZE forces a new plan;
 /// - `jit = off`: its statements each touch a few rows, but against a large backlog their cost
-///   estimates pass `jit_above_cost`, and compiling every claim took ten times longer than
-///   running it (a 1M backlog drained at 10,000 notifications/s instead of 160,000).
+///   estimates pass `jit_above_cost`, and compiling every claim takes far longer than
+///   running it.
 fn configure_session() {
     for (name, value) in [
         (c"search_path", crate::roles::SAFE_SEARCH_PATH),

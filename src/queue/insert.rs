@@ -4,9 +4,8 @@
 //!
 //! The queue as the extension makes it (no trigger, no CHECK constraint, one btree index of
 //! the rows that are not new) gets each row from `heap_insert` alone: a new row is in no index,
-//! and the worker learns where it is from the committing transaction ([`wake::rows_written`]).
-//! A queue whose one index is a plain btree one gets each row's key from `index_insert`, as a
-//! catalog insert would. If anyone changed more, rows go through `ExecSimpleRelationInsert`,
+//! and the worker learns where it is from the committing transaction (see [`super::new_rows`]).
+//! If anyone changed more, rows go through `ExecSimpleRelationInsert`,
 //! the way logical replication applies a replicated INSERT: NOT NULL and CHECK constraints,
 //! every index (unique and partial ones included) and triggers apply as they would for an
 //! INSERT. Access rights are not checked: only the extension writes the queue, as its owner.
@@ -25,11 +24,12 @@ use std::rc::Rc;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
-use crate::catalog::required_relation;
+use super::groups::{GroupTexts, Groups};
+use super::new_rows::{Announcement, NOT_NEW};
+use crate::deliver::wake;
 use crate::error::{Error, Kind, Result};
-use crate::queue::{announcement, GroupTexts, Groups};
+use crate::relations::required_relation;
 use crate::unguarded::{self, raising};
-use crate::worker::wake;
 
 /// The queue's columns this module fills; every other column starts NULL.
 #[derive(Clone, Copy)]
@@ -70,35 +70,10 @@ struct QueueTable {
     /// Every NOT NULL column is one this module fills (else only the executor's checks may
     /// insert).
     fills_every_required_column: bool,
-    /// What the queue's index needs of a new row, when rows may go straight to the heap (see
-    /// [`plain_index`]), found on the first insert after the table became known.
-    plain_index: std::cell::OnceCell<Option<IndexOfRows>>,
-}
-
-/// The queue's one index, as far as new rows are concerned.
-enum IndexOfRows {
-    /// The index of the rows that are not new (as the extension makes it): nothing to add.
-    NotOfNewRows,
-    /// A plain btree index: every row's key is added.
-    Every(PlainIndex),
-}
-
-/// The predicate of the queue's index as the extension makes it, as PostgreSQL deparses it.
-const NOT_NEW: &str = "(state <> 'new'::text)";
-
-/// An index that rows may be added to with `index_insert` alone, and what that needs of it.
-struct PlainIndex {
-    oid: pg_sys::Oid,
-    /// Built once, in TopMemoryContext; freed when the table's description is dropped.
-    info: *mut pg_sys::IndexInfo,
-}
-
-impl Drop for PlainIndex {
-    fn drop(&mut self) {
-        // SAFETY: allocated by BuildIndexInfo in TopMemoryContext, and used by no one else.
-        // (The expression lists of an index found not plain stay: a few bytes, once.)
-        unsafe { pg_sys::pfree(self.info.cast()) }
-    }
+    /// Whether the queue's only index is the extension's index of rows that are not new,
+    /// which new rows need no entry in (see [`goes_plainly`]), found on the first insert after
+    /// the table became known.
+    only_index_not_of_new_rows: std::cell::OnceCell<bool>,
 }
 
 /// Ids in a block: the step of `outbound_msg.queue_id_blocks` (sql/schema.sql).
@@ -176,9 +151,10 @@ pub fn insert(groups: &Groups) -> Result<Vec<i64>> {
                 return Err(err);
             }
         };
-        let (ids, tids) = match plain_index(relation, &table) {
-            Some(index) => insert_plainly(relation, index, &table, groups),
-            None => insert_through_executor(relation, &table, groups),
+        let (ids, tids) = if goes_plainly(relation, &table) {
+            insert_plainly(relation, &table, groups)
+        } else {
+            insert_through_executor(relation, &table, groups)
         };
         pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
         wake::rows_written(&tids);
@@ -186,82 +162,66 @@ pub fn insert(groups: &Groups) -> Result<Vec<i64>> {
     }
 }
 
-/// What rows that go straight to the heap need of the queue's one index (a plain one opened),
-/// when they may: the queue as this extension makes it, or with a plain btree index instead.
-/// Anything an INSERT would do beyond that (a trigger, a CHECK constraint or generated
-/// column, another index, or a unique, expression or non-btree one, a partial one of other
-/// rows, a NOT NULL column left empty here) sends rows through the executor instead.
+/// Whether rows may go straight to the heap: the queue as this extension makes it, whose one
+/// index leaves new rows out. Anything an INSERT would do beyond that (a trigger, a CHECK
+/// constraint or generated column, another index, a NOT NULL column left empty here) sends
+/// rows through the executor instead.
 ///
 /// # Safety
 /// `relation` must be the queue, opened and locked, and `table` what is known of it.
-unsafe fn plain_index(relation: pg_sys::Relation, table: &QueueTable) -> Option<OpenIndex> {
-    // SAFETY: reads the open relation's relcache entry, and opens its index.
+unsafe fn goes_plainly(relation: pg_sys::Relation, table: &QueueTable) -> bool {
+    // SAFETY: reads the open relation's relcache entry.
     unsafe {
         if !table.fills_every_required_column
             || table.layout.len() > MAX_PLAIN_COLUMNS
             || !(*relation).trigdesc.is_null()
         {
-            return None;
+            return false;
         }
         let constraints = (*(*relation).rd_att).constr;
         if !constraints.is_null()
             && ((*constraints).num_check > 0 || (*constraints).has_generated_stored)
         {
-            return None;
+            return false;
         }
         // Kept with the table's description: a new or dropped index invalidates both.
-        let index = table
-            .plain_index
-            .get_or_init(|| find_plain_index(relation))
-            .as_ref()?;
-        Some(match index {
-            IndexOfRows::NotOfNewRows => None,
-            IndexOfRows::Every(index) => Some((
-                pg_sys::index_open(index.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
-                index.info,
-            )),
-        })
+        *table
+            .only_index_not_of_new_rows
+            .get_or_init(|| only_index_not_of_new_rows(relation))
     }
 }
 
-/// An index opened for `index_insert`, and its description; `None`: no index takes new rows.
-type OpenIndex = Option<(pg_sys::Relation, *mut pg_sys::IndexInfo)>;
-
-/// The queue's only index if it is a btree one that rows may be added to with `index_insert`
-/// alone, or none at all: not unique nor on expressions, ready for inserts, and either not
-/// partial or the extension's index of rows that are not new.
+/// Whether the queue's only index is a btree one, not unique nor on expressions, ready for
+/// inserts, whose predicate is the extension's [`NOT_NEW`].
 ///
 /// # Safety
-/// As for [`plain_index`].
-unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<IndexOfRows> {
-    // SAFETY: as the caller guarantees; the index is opened only to be described.
+/// As for [`goes_plainly`].
+unsafe fn only_index_not_of_new_rows(relation: pg_sys::Relation) -> bool {
+    // SAFETY: as the caller guarantees; the index is opened only to be described, its
+    // description allocated in the transaction's memory.
     unsafe {
         let indexes = pg_sys::RelationGetIndexList(relation);
         let only = (!indexes.is_null() && (*indexes).length == 1)
             .then(|| (*(*indexes).elements).oid_value);
         pg_sys::list_free(indexes);
-        let oid = only?;
+        let Some(oid) = only else {
+            return false;
+        };
         let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         let info = pg_sys::BuildIndexInfo(index);
-        pg_sys::MemoryContextSwitchTo(previous);
-        let plain = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+        let of_rows_not_new = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
             && !(*info).ii_Unique
             && (*info).ii_ReadyForInserts
-            && (*info).ii_Expressions.is_null();
-        let of_rows_not_new = plain && !(*info).ii_Predicate.is_null() && {
-            let predicate = pg_sys::make_ands_explicit((*info).ii_Predicate);
-            let context = pg_sys::deparse_context_for(c"queue".as_ptr(), (*relation).rd_id);
-            let text = pg_sys::deparse_expression(predicate.cast(), context, false, false);
-            std::ffi::CStr::from_ptr(text).to_bytes() == NOT_NEW.as_bytes()
-        };
+            && (*info).ii_Expressions.is_null()
+            && !(*info).ii_Predicate.is_null()
+            && {
+                let predicate = pg_sys::make_ands_explicit((*info).ii_Predicate);
+                let context = pg_sys::deparse_context_for(c"queue".as_ptr(), (*relation).rd_id);
+                let text = pg_sys::deparse_expression(predicate.cast(), context, false, false);
+                std::ffi::CStr::from_ptr(text).to_bytes() == NOT_NEW.as_bytes()
+            };
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-        let found = PlainIndex { oid, info };
-        if of_rows_not_new {
-            Some(IndexOfRows::NotOfNewRows)
-        } else {
-            (plain && (*info).ii_Predicate.is_null()).then_some(IndexOfRows::Every(found))
-        }
+        of_rows_not_new
     }
 }
 
@@ -269,16 +229,15 @@ unsafe fn find_plain_index(relation: pg_sys::Relation) -> Option<IndexOfRows> {
 /// formed in arrays on the stack. (The queue has 11; a wider one goes through the executor.)
 const MAX_PLAIN_COLUMNS: usize = 32;
 
-/// Forms each row and hands it to `heap_insert`, then its key to `index_insert` if `index`
-/// takes new rows: what `ExecSimpleRelationInsert` would do for this table, without an
-/// executor state, result relation and slot to set up and tear down for every statement.
-/// Returns the rows' ids and [`announcement`]s.
+/// Forms each row and hands it to `heap_insert`: what `ExecSimpleRelationInsert` would do for
+/// this table (whose index leaves new rows out), without an executor state, result relation
+/// and slot to set up and tear down for every statement. Returns the rows' ids and
+/// [`Announcement`]s.
 ///
 /// # Safety
-/// As for [`plain_index`], which returned `index`.
+/// As for [`goes_plainly`], which returned true.
 unsafe fn insert_plainly(
     relation: pg_sys::Relation,
-    index: OpenIndex,
     table: &QueueTable,
     groups: &Groups,
 ) -> (Vec<i64>, Vec<u64>) {
@@ -287,20 +246,11 @@ unsafe fn insert_plainly(
     let columns = table.layout.len().min(MAX_PLAIN_COLUMNS);
     let mut values = [pg_sys::Datum::from(0); MAX_PLAIN_COLUMNS];
     let mut nulls = [true; MAX_PLAIN_COLUMNS];
-    let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
-    let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
     let row_memory = row_memory();
     // SAFETY: as the caller guarantees. Nothing in the closure needs dropping or can panic
     // (slices are sized above, key attributes are checked by `get`); each row's memory is
     // reset after it is stored.
     unsafe {
-        let key_attributes = match index {
-            Some((_, info)) => {
-                let keys = ((*info).ii_NumIndexAttrs as usize).min(pg_sys::INDEX_MAX_KEYS as usize);
-                &(&(*info).ii_IndexAttrNumbers)[..keys]
-            }
-            None => &[][..],
-        };
         let desc = (*relation).rd_att;
         unguarded::boundary(|| {
             let command = raising::GetCurrentCommandId(true);
@@ -319,41 +269,11 @@ unsafe fn insert_plainly(
                 );
                 let tuple = raising::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                 raising::heap_insert(relation, tuple, command, 0, std::ptr::null_mut());
-                *tid = announcement((*tuple).t_self, row.len());
-                let Some((index, info)) = index else {
-                    pg_sys::MemoryContextSwitchTo(previous);
-                    continue;
-                };
-                for ((key_value, key_null), &attno) in key_values
-                    .iter_mut()
-                    .zip(&mut key_nulls)
-                    .zip(key_attributes)
-                {
-                    let attribute = (attno as usize).wrapping_sub(1);
-                    *key_value = values
-                        .get(attribute)
-                        .copied()
-                        .unwrap_or(pg_sys::Datum::from(0));
-                    *key_null = nulls.get(attribute).copied().unwrap_or(true);
-                }
-                raising::index_insert(
-                    index,
-                    key_values.as_mut_ptr(),
-                    key_nulls.as_mut_ptr(),
-                    &mut (*tuple).t_self,
-                    relation,
-                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
-                    false,
-                    info,
-                );
+                *tid = Announcement::new((*tuple).t_self, row.len()).raw();
                 pg_sys::MemoryContextSwitchTo(previous);
             }
             raising::MemoryContextReset(row_memory);
         });
-        if let Some((index, _)) = index {
-            // Locked until the transaction ends, as the table is.
-            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
     }
     (ids, tids)
 }
@@ -382,7 +302,7 @@ fn row_memory() -> pg_sys::MemoryContext {
 }
 
 /// Hands each row to `ExecSimpleRelationInsert`, which applies the table's constraints,
-/// indexes and triggers as an INSERT would. Returns the rows' ids and [`announcement`]s.
+/// indexes and triggers as an INSERT would. Returns the rows' ids and [`Announcement`]s.
 ///
 /// # Safety
 /// `relation` must be the queue, opened and locked.
@@ -429,7 +349,7 @@ unsafe fn insert_through_executor(
             pg_sys::ExecSimpleRelationInsert(info, estate, slot);
             pg_sys::MemoryContextReset(row_memory);
             ids.push(id);
-            tids.push(announcement((*slot).tts_tid, row.len()));
+            tids.push(Announcement::new((*slot).tts_tid, row.len()).raw());
         }
 
         if has_triggers {
@@ -560,7 +480,7 @@ unsafe fn queue_table(relid: pg_sys::Oid, desc: pg_sys::TupleDesc) -> Result<Rc<
         sequence: required_relation(c"queue_id_blocks")?,
         fills_every_required_column,
         layout,
-        plain_index: Default::default(),
+        only_index_not_of_new_rows: Default::default(),
     });
     TABLE.set(Some(Rc::clone(&table)));
     Ok(table)
@@ -652,6 +572,19 @@ mod tests {
                                                 ARRAY['v'], 'postgres');",
         )
         .unwrap();
+    }
+
+    #[pg_test]
+    fn the_queue_index_predicate_is_not_new() {
+        // What PostgreSQL made of sql/schema.sql's `WHERE state <> 'new'`: the text the insert
+        // recognises the index of rows that are not new by.
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+                  WHERE indexrelid = 'outbound_msg.queue_due'::regclass"
+            ),
+            Ok(Some(super::NOT_NEW.to_string()))
+        );
     }
 
     #[pg_test]

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use crate::soap::{self, Answer};
-use crate::tls::{Identity, Roots};
+use crate::deliver::tls::{Identity, Roots};
+use crate::wire::soap::{self, Answer};
 
 /// Limits of one exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,201 @@
-//! How a worker finds new groups, which are in no index: committing transactions list where
-//! they wrote them ([`super::wake`]), and a claim takes them from there. Only those a claim
-//! leaves while their message's connections are all busy go into the queue's index, to wait
-//! there. The worker sweeps the whole queue for new groups when it starts, when more came than
-//! the shared memory holds, while prepared transactions (whose commit lists nothing) wait, and
-//! every [`FULL_SWEEP_INTERVAL`] whatever it was told: under a heavy concurrent load (eight
-//! pgbench clients committing beside a worker that delivers and vacuums) some new groups were
-//! neither listed nor swept until the worker restarted, and until that is understood a periodic
-//! sweep bounds how long any can wait.
+//! New rows: queue rows in state `new`, which no claim has seen yet and which are in no index
+//! (an index entry would cost every capturing transaction an index insert).
+//!
+//! **Invariant: every committed new row is announced to its worker or found by a sweep.** A
+//! committing transaction announces the rows it wrote ([`Announcement`]: where the row lies
+//! and how many notifications it holds) through shared memory (`deliver::wake`); the worker
+//! keeps what it was told in [`NewRows`] and offers those rows to its claims, which take them
+//! at their addresses. A row a claim cannot take yet (its message's connections busy, its
+//! endpoint failing) is moved into the queue's index (state `queued`, [`admit`]), where claims
+//! find due rows. The worker sweeps the queue for new rows instead of trusting what it was
+//! told when it starts, when more were announced than shared memory holds, while prepared
+//! transactions (whose commit announces nothing) wait, after the queue was rewritten, and
+//! every [`FULL_SWEEP_INTERVAL`] whatever it was told.
+//!
+//! The index's predicate, `state <> 'new'` (sql/schema.sql), is what leaves new rows out; the
+//! queue's insert recognises that index by it ([`NOT_NEW`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::shmem::Fresh;
+use pgrx::prelude::*;
+
+use super::plans::{kept_update, ADMIT};
 use crate::error::Result;
-use crate::queue;
+
+/// The predicate of the queue's index, `state <> 'new'`, as PostgreSQL deparses it.
+pub const NOT_NEW: &str = "(state <> 'new'::text)";
+
+/// Where a queue row lies: its ctid packed as `block << 16 | offset`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowAddress(u64);
+
+impl RowAddress {
+    /// The address of the row at `tid`.
+    pub fn of(tid: pg_sys::ItemPointerData) -> RowAddress {
+        let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
+        RowAddress((u64::from(block) << 16) | u64::from(offset))
+    }
+
+    /// The ctid of the row at this address.
+    pub fn tid(self) -> pg_sys::ItemPointerData {
+        let mut tid = pg_sys::ItemPointerData::default();
+        pgrx::itemptr::item_pointer_set_all(&mut tid, self.block(), self.0 as u16);
+        tid
+    }
+
+    /// The block the row lies in.
+    pub fn block(self) -> u32 {
+        (self.0 >> 16) as u32
+    }
+
+    /// The first place of `block`.
+    fn start_of(block: u32) -> RowAddress {
+        RowAddress(u64::from(block) << 16)
+    }
+}
+
+/// What a committing transaction tells its worker of a new row: its address and, in the top 16
+/// bits, how many notifications it holds (so that a claim is offered as many as it can take).
+/// Shared memory carries it as a plain `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announcement(u64);
+
+impl Announcement {
+    /// The announcement of the row at `tid`, holding `notifications`.
+    pub fn new(tid: pg_sys::ItemPointerData, notifications: usize) -> Announcement {
+        Announcement(RowAddress::of(tid).0 | ((notifications.min(0xFFFF) as u64) << 48))
+    }
+
+    pub fn from_raw(raw: u64) -> Announcement {
+        Announcement(raw)
+    }
+
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub fn address(self) -> RowAddress {
+        RowAddress(self.0 & ((1 << 48) - 1))
+    }
+
+    pub fn notifications(self) -> usize {
+        (self.0 >> 48) as usize
+    }
+}
+
+/// Moves the new rows at `addresses` into the due index (state `queued`), so that claims find
+/// them: those a claim cannot take while their message's connections are busy. Returns the
+/// addresses of new rows another transaction has locked, to be tried again.
+pub fn admit(addresses: &[RowAddress]) -> Result<Vec<RowAddress>> {
+    let tids = tids_at(addresses);
+    Spi::connect_mut(|client| {
+        let rows = kept_update(
+            &ADMIT,
+            client,
+            "WITH found AS MATERIALIZED (
+                 SELECT ctid FROM outbound_msg.queue WHERE ctid = ANY ($1) AND state = 'new'),
+             locked AS (
+                 SELECT ctid FROM outbound_msg.queue
+                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM found)) AND state = 'new'
+                    FOR UPDATE SKIP LOCKED),
+             admitted AS (
+                 UPDATE outbound_msg.queue q SET state = 'queued'
+                   FROM locked l
+                  WHERE q.ctid = l.ctid
+                 RETURNING l.ctid)
+             SELECT f.ctid FROM found f WHERE f.ctid NOT IN (SELECT ctid FROM admitted)",
+            &[pg_sys::TIDARRAYOID],
+            None,
+            &[tids.into()],
+        )?;
+        rows.map(|row| Ok(RowAddress::of(row.get(1)?.unwrap_or_default())))
+            .collect()
+    })
+}
+
+/// A new row found at an address: its message, and how many notifications it holds.
+pub struct NewRow {
+    pub address: RowAddress,
+    pub message_id: i64,
+    pub size: usize,
+}
+
+/// Those of the rows at `addresses` that are still new (no claim took them).
+pub fn still_new(addresses: &[RowAddress]) -> Result<Vec<NewRow>> {
+    let tids = tids_at(addresses);
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT ctid, message_id, cardinality(record_ids) FROM outbound_msg.queue
+                  WHERE ctid = ANY ($1) AND state = 'new'",
+                None,
+                &[tids.into()],
+            )?
+            .map(|row| {
+                Ok(NewRow {
+                    address: RowAddress::of(row.get(1)?.unwrap_or_default()),
+                    message_id: row.get(2)?.unwrap_or_default(),
+                    size: row.get::<i32>(3)?.unwrap_or(1).max(1) as usize,
+                })
+            })
+            .collect()
+    })
+}
+
+/// [`Announcement`]s of at most `limit` new rows, in the order they lie, from the start of
+/// `block` on; and the block to go on from when there were `limit` (`None`: none are left).
+pub fn sweep(block: u32, limit: usize) -> Result<(Vec<Announcement>, Option<u32>)> {
+    let found: Vec<Announcement> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT ctid, cardinality(record_ids) FROM outbound_msg.queue
+                  WHERE ctid >= $1 AND state = 'new' LIMIT $2",
+                None,
+                &[
+                    RowAddress::start_of(block).tid().into(),
+                    (limit as i64).into(),
+                ],
+            )?
+            .map(|row| {
+                let size = row.get::<i32>(2)?.unwrap_or(1).max(1) as usize;
+                Ok(Announcement::new(row.get(1)?.unwrap_or_default(), size))
+            })
+            .collect::<Result<_>>()
+    })?;
+    let more_from = (found.len() >= limit)
+        .then(|| found.iter().map(|a| a.address().block()).max())
+        .flatten();
+    Ok((found, more_from))
+}
+
+/// The rows at `addresses` as ctids, a query argument.
+pub fn tids_at(addresses: &[RowAddress]) -> Vec<pg_sys::ItemPointerData> {
+    addresses.iter().map(|address| address.tid()).collect()
+}
+
+/// The queue's storage (its relfilenode), locked for the rest of the transaction. VACUUM FULL,
+/// CLUSTER and TRUNCATE give it a new one and move every row: row addresses from before no
+/// longer hold.
+pub fn storage() -> Result<u32> {
+    let relid = crate::relations::required_relation(c"queue")?;
+    // SAFETY: opens and locks an existing relation to read its relcache entry.
+    unsafe {
+        let relation = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let storage = crate::pgver::storage_number(relation);
+        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Ok(storage)
+    }
+}
+
+/// Whether a prepared transaction of this database waits for COMMIT PREPARED.
+pub fn transactions_prepared() -> Result<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts
+                         WHERE database = current_database())",
+    )?
+    .unwrap_or(false))
+}
 
 /// Most new groups a sweep lists in one step.
 const SWEEP_STEP: usize = 2000;
@@ -25,10 +207,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The queue is swept whole at least this often.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A new group the worker knows the address of (`block << 16 | offset`).
+/// A new row the worker knows the address of.
 #[derive(Clone, Copy)]
 struct Listed {
-    address: u64,
+    address: RowAddress,
     /// Its notifications.
     size: usize,
     /// Its message, once a claim looked the group up.
@@ -36,16 +218,15 @@ struct Listed {
 }
 
 impl Listed {
-    fn announced(announcement: u64) -> Listed {
-        let (address, size) = queue::announced(announcement);
+    fn announced(announcement: Announcement) -> Listed {
         Listed {
-            address,
-            size: size.max(1),
+            address: announcement.address(),
+            size: announcement.notifications().max(1),
             message: None,
         }
     }
 
-    fn of(group: &queue::NewGroup) -> Listed {
+    fn of(group: &NewRow) -> Listed {
         Listed {
             address: group.address,
             size: group.size,
@@ -57,7 +238,7 @@ impl Listed {
 /// New groups offered to a claim.
 #[derive(Default)]
 pub struct Offer {
-    pub addresses: Vec<u64>,
+    pub addresses: Vec<RowAddress>,
     /// Their messages, as far as known.
     pub messages: HashSet<i64>,
     /// Whether the message of some is not known.
@@ -66,7 +247,7 @@ pub struct Offer {
 
 /// What the worker knows of new groups not in the index.
 #[derive(Clone)]
-pub struct NewGroupsFound {
+pub struct NewRows {
     /// In the order claims are offered them.
     listed: Vec<Listed>,
     /// The block a sweep goes on from; `None`: no sweep under way.
@@ -78,14 +259,14 @@ pub struct NewGroupsFound {
     last_full_sweep: Instant,
     /// The last sweep listed groups no claim was offered yet: claim again at once.
     just_listed: bool,
-    /// The queue's storage the addresses are in (see `queue::storage`).
+    /// The queue's storage the addresses are in (see `storage`).
     storage: u32,
 }
 
-impl NewGroupsFound {
+impl NewRows {
     /// As a worker starts: every new group is to be found by a sweep.
-    pub fn at_start() -> NewGroupsFound {
-        NewGroupsFound {
+    pub fn at_start() -> NewRows {
+        NewRows {
             listed: Vec::new(),
             sweep_from: Some(0),
             prepared: true,
@@ -110,10 +291,10 @@ impl NewGroupsFound {
     /// Adds what committing transactions announced since the worker's last claim. Past
     /// [`MOST_LISTED`] (a worker paused for long is told of every commit), the rest is left to
     /// a sweep.
-    pub fn learn(&mut self, fresh: Fresh) {
+    pub fn learn(&mut self, announced: impl IntoIterator<Item = Announcement>, sweep: bool) {
         self.listed
-            .extend(fresh.rows.into_iter().map(Listed::announced));
-        if fresh.sweep || self.listed.len() > MOST_LISTED {
+            .extend(announced.into_iter().map(Listed::announced));
+        if sweep || self.listed.len() > MOST_LISTED {
             self.listed.truncate(MOST_LISTED);
             self.sweep_from = Some(0);
         }
@@ -131,14 +312,14 @@ impl NewGroupsFound {
         if !always && self.listed.iter().map(|group| group.size).sum::<usize>() <= notifications {
             return Ok(());
         }
-        let unknown: Vec<u64> = self
+        let unknown: Vec<RowAddress> = self
             .listed
             .iter()
             .filter(|group| group.message.is_none())
             .map(|group| group.address)
             .collect();
         if !unknown.is_empty() {
-            let found: HashMap<u64, i64> = queue::still_new(&unknown)?
+            let found: HashMap<RowAddress, i64> = still_new(&unknown)?
                 .iter()
                 .map(|group| (group.address, group.message_id))
                 .collect();
@@ -156,7 +337,7 @@ impl NewGroupsFound {
                     .is_some_and(|m| allowed.binary_search(&m).is_err())
             });
         self.listed = kept;
-        let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
+        let to_index: Vec<RowAddress> = waiting.iter().map(|group| group.address).collect();
         self.index(&to_index)
     }
 
@@ -197,21 +378,21 @@ impl NewGroupsFound {
     /// [`offer`]: Self::offer
     pub fn after_claim(
         &mut self,
-        offered: &[u64],
+        offered: &[RowAddress],
         allowed: &[i64],
         prepared_since: bool,
     ) -> Result<()> {
         let next = self;
-        let offered_set: HashSet<u64> = offered.iter().copied().collect();
+        let offered_set: HashSet<RowAddress> = offered.iter().copied().collect();
         next.listed
             .retain(|group| !offered_set.contains(&group.address));
-        let (waiting, kept): (Vec<_>, Vec<_>) = queue::still_new(offered)?
+        let (waiting, kept): (Vec<_>, Vec<_>) = still_new(offered)?
             .into_iter()
             .partition(|group| allowed.binary_search(&group.message_id).is_err());
-        let to_index: Vec<u64> = waiting.iter().map(|group| group.address).collect();
+        let to_index: Vec<RowAddress> = waiting.iter().map(|group| group.address).collect();
         next.listed.extend(kept.iter().map(Listed::of));
         if next.listed.len() > MOST_LISTED {
-            let excess: Vec<u64> = next
+            let excess: Vec<RowAddress> = next
                 .listed
                 .drain(MOST_LISTED..)
                 .map(|g| g.address)
@@ -223,7 +404,7 @@ impl NewGroupsFound {
         if next.prepared || prepared_since {
             // Checked after the mark was taken, and swept after the check: a prepared
             // transaction either still waits here, or its groups are visible to the sweep.
-            next.prepared = queue::transactions_prepared()?;
+            next.prepared = transactions_prepared()?;
             let due = next
                 .last_prepared_sweep
                 .is_none_or(|last| last.elapsed() >= RETRY_INTERVAL);
@@ -241,7 +422,7 @@ impl NewGroupsFound {
         // A sweep lists more only as claims take what it listed.
         next.just_listed = false;
         if let Some(block) = next.sweep_from.filter(|_| next.listed.len() < SWEEP_STEP) {
-            let (found, more_from) = queue::sweep(block, SWEEP_STEP)?;
+            let (found, more_from) = sweep(block, SWEEP_STEP)?;
             next.just_listed = !found.is_empty();
             next.listed.extend(found.into_iter().map(Listed::announced));
             next.sweep_from = more_from;
@@ -251,9 +432,9 @@ impl NewGroupsFound {
 
     /// Moves the groups at `addresses` into the index; those another transaction has locked
     /// stay listed.
-    fn index(&mut self, addresses: &[u64]) -> Result<()> {
+    fn index(&mut self, addresses: &[RowAddress]) -> Result<()> {
         if !addresses.is_empty() {
-            let locked = queue::admit(addresses)?;
+            let locked = admit(addresses)?;
             self.listed.extend(locked.into_iter().map(|address| Listed {
                 address,
                 size: 1,
@@ -265,7 +446,7 @@ impl NewGroupsFound {
 
     /// What is kept when [`after_claim`](Self::after_claim) failed or its transaction did not
     /// commit: everything found so far, to be offered again.
-    pub fn kept_after_failure(&self, prepared_since: bool) -> NewGroupsFound {
+    pub fn kept_after_failure(&self, prepared_since: bool) -> NewRows {
         let mut kept = self.clone();
         kept.prepared |= prepared_since;
         kept

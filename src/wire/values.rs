@@ -145,7 +145,7 @@ pub fn write_timestamp(out: &mut String, micros: i64, utc: bool) -> bool {
     let (year, month, day) = civil_from_unix_days(days + UNIX_TO_PG_EPOCH_DAYS);
     if (1..=9999).contains(&year) {
         // The common case in one piece: a capture writes a timestamp per row and column, and
-        // pushing it a character and a number at a time cost hundreds of instructions.
+        // pushing it a character and a number at a time costs more than the rest of it.
         let mut text = *b"0000-00-00T00:00:00.000Z";
         put_digits(&mut text[0..4], year as u32);
         put_digits(&mut text[5..7], month);

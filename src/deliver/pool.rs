@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use crate::http::{Client, Failure, Limits};
+use crate::deliver::http::{Client, Failure, Limits};
+use crate::deliver::tls::{Identity, Roots};
 use crate::queue::Row;
-use crate::tls::{Identity, Roots};
 
 /// One SOAP message to post.
 pub struct Job {

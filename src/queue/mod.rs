@@ -9,18 +9,30 @@
 //! is recorded in another. If the worker dies in between, the lease runs out and the groups are
 //! claimed again, with the same notification Ids.
 
+pgrx::extension_sql_file!("forget.sql", name = "queue_forget", requires = ["schema"]);
+
+pub mod admin;
+mod groups;
+pub mod insert;
+pub mod new_rows;
+mod plans;
+
+pub use groups::{Groups, TextAt, GROUP_BYTES, GROUP_LIMIT};
+use new_rows::{tids_at, RowAddress};
+use plans::{kept_update, ACKNOWLEDGE, CLAIM, RECORD_FAILURE};
+
+/// The claim's statement (see [`claim`]).
+const CLAIM_SQL: &str = include_str!("claim.sql");
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::deliver::wake;
 use crate::error::Result;
 use crate::secrets;
-use crate::worker::wake;
-
-/// Notifications a queue row holds at most, and the factor of notification numbers.
-pub const GROUP_LIMIT: i64 = 100;
 
 /// The number of notification `position` (from 0) of queue row `row`.
 pub fn notification_number(row: i64, position: usize) -> u64 {
@@ -34,20 +46,20 @@ pub fn notification_number(row: i64, position: usize) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
     pub id: i64,
-    /// Its ctid, as [`address_of`] gives it.
-    address: u64,
+    /// Where it lies.
+    address: RowAddress,
 }
 
 impl Row {
     fn new(id: i64, tid: pg_sys::ItemPointerData) -> Row {
         Row {
             id,
-            address: address_of(tid),
+            address: RowAddress::of(tid),
         }
     }
 
     fn tid(&self) -> pg_sys::ItemPointerData {
-        tid_at(self.address)
+        self.address.tid()
     }
 }
 
@@ -56,249 +68,28 @@ fn tids_and_ids(rows: &[Row]) -> (Vec<pg_sys::ItemPointerData>, Vec<i64>) {
     rows.iter().map(|row| (row.tid(), row.id)).unzip()
 }
 
-/// Groups of notifications to write, in the order their first notification came: each a
-/// message and its notifications' record ids and payloads. Their text sits in one buffer, not
-/// in two allocations a notification.
-pub struct Groups {
-    text: String,
-    groups: Vec<Group>,
-    size: usize,
-}
-
-/// One group: a message, and where its notifications' texts sit in the groups' buffer.
-struct Group {
-    message_id: i64,
-    notifications: Vec<TextAt>,
-    /// Bytes of its record ids and payloads.
-    bytes: usize,
-}
-
-/// Most bytes of record ids and payloads in one group, and in one batch sent together, unless a
-/// single notification is larger (it then goes alone): far below the 1 GB PostgreSQL stores in
-/// one value, and a SOAP message a listener can take.
-pub const GROUP_BYTES: usize = 16 << 20;
-
-/// Where a notification's record id and then its payload sit in a text buffer, one after the
-/// other.
-#[derive(Clone, Copy)]
-pub struct TextAt {
-    pub start: usize,
-    pub payload_start: usize,
-    pub end: usize,
-}
-
-impl TextAt {
-    pub fn record_id(self, text: &str) -> &str {
-        &text[self.start..self.payload_start]
-    }
-
-    pub fn payload(self, text: &str) -> &str {
-        &text[self.payload_start..self.end]
-    }
-}
-
-impl Groups {
-    /// Groups of at most `size` notifications (capped at [`GROUP_LIMIT`]).
-    pub fn new(size: usize) -> Groups {
-        Groups {
-            text: String::new(),
-            groups: Vec::new(),
-            size: size.clamp(1, GROUP_LIMIT as usize),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
-
-    /// How many groups (queue rows) there are.
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
-    /// Makes room for `bytes` more of record ids and payloads.
-    pub fn reserve(&mut self, bytes: usize) {
-        self.text.reserve(bytes);
-    }
-
-    /// Groups of at most `size` notifications whose record ids and payloads are in `text`
-    /// already, added with [`Groups::push_written`]: no copy of them.
-    pub fn over(size: usize, text: String) -> Groups {
-        Groups {
-            text,
-            ..Groups::new(size)
-        }
-    }
-
-    /// The text buffer, for its memory to be used again.
-    pub fn into_text(self) -> String {
-        self.text
-    }
-
-    /// Adds a notification of `message_id` to that message's open group, or a new one.
-    pub fn push(&mut self, message_id: i64, record_id: &str, payload: &str) {
-        let start = self.text.len();
-        self.text.push_str(record_id);
-        let payload_start = self.text.len();
-        self.text.push_str(payload);
-        let end = self.text.len();
-        self.push_written(
-            message_id,
-            TextAt {
-                start,
-                payload_start,
-                end,
-            },
-        );
-    }
-
-    /// Adds a notification of `message_id` whose texts are `at` in the text.
-    pub fn push_written(&mut self, message_id: i64, at: TextAt) {
-        // A message's open group is its latest one, among the last groups of as many messages
-        // as are interleaved: found from the end in a step or two, without a map to build.
-        let open = self.groups.iter().rposition(|g| g.message_id == message_id);
-        let bytes = at.end - at.start;
-        let index = match open {
-            Some(index)
-                if self.groups[index].notifications.len() < self.size
-                    && self.groups[index].bytes + bytes <= GROUP_BYTES =>
-            {
-                index
-            }
-            _ => {
-                // Grown as filled: most statements change one row.
-                self.groups.push(Group {
-                    message_id,
-                    notifications: Vec::new(),
-                    bytes: 0,
-                });
-                self.groups.len() - 1
-            }
-        };
-        self.groups[index].notifications.push(at);
-        self.groups[index].bytes += bytes;
-    }
-
-    /// Each group, with its notifications' record ids and payloads.
-    pub fn iter(&self) -> impl Iterator<Item = GroupTexts<'_>> {
-        self.groups.iter().map(|group| GroupTexts {
-            group,
-            text: &self.text,
-        })
-    }
-}
-
-/// A group and the text its notifications are in.
-#[derive(Clone, Copy)]
-pub struct GroupTexts<'a> {
-    group: &'a Group,
-    text: &'a str,
-}
-
-impl<'a> GroupTexts<'a> {
-    pub fn message_id(&self) -> i64 {
-        self.group.message_id
-    }
-
-    /// How many notifications it holds.
-    pub fn len(&self) -> usize {
-        self.group.notifications.len()
-    }
-
-    pub fn record_ids(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
-        self.each(TextAt::record_id)
-    }
-
-    pub fn payloads(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
-        self.each(TextAt::payload)
-    }
-
-    /// `part` of each notification's text.
-    fn each(
-        &self,
-        part: fn(TextAt, &'a str) -> &'a str,
-    ) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
-        let text = self.text;
-        self.group
-            .notifications
-            .iter()
-            .map(move |&at| part(at, text))
-    }
-}
-
-type KeptPlan = std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement>;
-
-thread_local! {
-    // Statements planned once per backend and kept: PostgreSQL replans them itself when what
-    // they use changes (the extension dropped and created again, say).
-    static CLAIM: KeptPlan = const { KeptPlan::new() };
-    static ADMIT: KeptPlan = const { KeptPlan::new() };
-    static ACKNOWLEDGE: KeptPlan = const { KeptPlan::new() };
-    static RECORD_FAILURE: KeptPlan = const { KeptPlan::new() };
-}
-
-/// Executes the kept plan of `sql` (argument types `types`), planning it on first use.
-fn kept_update<'conn>(
-    plan: &'static std::thread::LocalKey<KeptPlan>,
-    client: &mut SpiClient<'conn>,
-    sql: &str,
-    types: &[pg_sys::Oid],
-    limit: Option<libc::c_long>,
-    args: &[pgrx::datum::DatumWithOid],
-) -> Result<pgrx::spi::SpiTupleTable<'conn>> {
-    with_kept_plan(plan, client, sql, types, |client, plan| {
-        Ok(client.update(plan, limit, args)?)
-    })
-}
-
-/// Runs `run` with the kept plan of `sql` (argument types `types`), planning it on first use.
-fn with_kept_plan<'conn, R>(
-    plan: &'static std::thread::LocalKey<KeptPlan>,
-    client: &mut SpiClient<'conn>,
-    sql: &str,
-    types: &[pg_sys::Oid],
-    run: impl FnOnce(&mut SpiClient<'conn>, &pgrx::spi::OwnedPreparedStatement) -> Result<R>,
-) -> Result<R> {
-    plan.with(|cell| {
-        if cell.get().is_none() {
-            let types: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
-            let kept = client.prepare_mut(sql, &types)?.keep();
-            let _ = cell.set(kept);
-        }
-        run(client, cell.get().expect("the plan was just set"))
-    })
-}
-
 /// Writes `groups`, one queue row each; returns the rows' ids.
 pub fn write_groups(groups: &Groups) -> Result<Vec<i64>> {
     if groups.is_empty() {
         return Ok(Vec::new());
     }
     wake::after_commit();
-    crate::queue_insert::insert(groups)
+    crate::queue::insert::insert(groups)
 }
 
-/// Removes the queued notifications and counters of a message that is being dropped.
-/// Returns how many queued or expired notifications it discarded.
+/// Removes the queued notifications and counters of a message that is being dropped (as the
+/// DDL event trigger does for a dropped table's, with the same SQL function of the queue's,
+/// `src/queue/forget.sql`). Returns how many queued or expired notifications it discarded.
 pub fn forget_message(client: &mut SpiClient, message_id: i64) -> Result<i64> {
-    crate::pending::forget_message(message_id);
-    let discarded = client
+    Ok(client
         .update(
-            "WITH gone AS (DELETE FROM outbound_msg.queue WHERE message_id = $1
-                           RETURNING cardinality(record_ids) AS size)
-             SELECT coalesce(sum(size), 0)::bigint FROM gone",
+            "SELECT outbound_msg.forget_queued(ARRAY[$1::bigint])",
             None,
             &[message_id.into()],
         )?
         .first()
         .get_one::<i64>()?
-        .unwrap_or(0);
-    client.update(
-        "DELETE FROM outbound_msg.message_stats WHERE message_id = $1",
-        None,
-        &[message_id.into()],
-    )?;
-    Ok(discarded)
+        .unwrap_or(0))
 }
 
 /// Notifications of one outbound message, to be sent in one SOAP message.
@@ -333,7 +124,7 @@ pub struct ClaimLimits<'a> {
 
 /// Claims due groups, oldest first, within `limits` (a group is claimed whole when its first
 /// notification is within them), and packs them into batches of one message each. The new
-/// groups at `new_groups` (addresses `block << 16 | offset`, see [`admit`]) are candidates too:
+/// rows at `new_rows` (see [`new_rows`]) are candidates too:
 /// claimed from there, they never enter the index.
 ///
 /// Each message's due groups are read through the `(message_id, next_attempt_at, id)` index,
@@ -344,8 +135,8 @@ pub struct ClaimLimits<'a> {
 /// Only the messages `indexed` (a sorted subset of those allowed, see
 /// [`messages_in_index`]) are looked up in the index; new groups are taken for every message
 /// allowed.
-pub fn claim(limits: &ClaimLimits, new_groups: &[u64], indexed: &[i64]) -> Result<Vec<Batch>> {
-    let new_groups = tids_at(new_groups);
+pub fn claim(limits: &ClaimLimits, new_rows: &[RowAddress], indexed: &[i64]) -> Result<Vec<Batch>> {
+    let new_rows = tids_at(new_rows);
     let (allowed_ids, allowed_counts): (Vec<i64>, Vec<i64>) = limits
         .allowances
         .iter()
@@ -355,52 +146,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64], indexed: &[i64]) -> Resul
         let rows = kept_update(
             &CLAIM,
             client,
-            "WITH allowance AS (
-                 SELECT p.message_id, p.n
-                   FROM unnest($2::bigint[], $3::bigint[]) AS p(message_id, n)
-                  WHERE p.n > 0),
-             scan AS (
-                 SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n AS allowed,
-                        cardinality(q.record_ids) AS size
-                   FROM allowance a
-                  CROSS JOIN LATERAL (
-                        SELECT ctid, id, message_id, next_attempt_at, record_ids
-                          FROM outbound_msg.queue
-                         WHERE message_id = a.message_id AND next_attempt_at <= now()
-                           AND state <> 'expired' AND state <> 'new'
-                         ORDER BY next_attempt_at, id
-                         LIMIT least(a.n, $1)) q
-                  WHERE a.message_id = ANY ($6)
-                 UNION ALL
-                 SELECT q.ctid, q.id, q.message_id, q.next_attempt_at, a.n,
-                        cardinality(q.record_ids)
-                   FROM outbound_msg.queue q
-                   JOIN allowance a ON a.message_id = q.message_id
-                  WHERE q.ctid = ANY ($5) AND q.state = 'new'),
-             running AS (
-                 SELECT ctid, size, allowed,
-                        sum(size) OVER (PARTITION BY message_id ORDER BY next_attempt_at, id)
-                            AS message_total,
-                        sum(size) OVER (ORDER BY next_attempt_at, id) AS total
-                   FROM scan),
-             locked AS (
-                 SELECT q.ctid FROM outbound_msg.queue q
-                  WHERE q.ctid = ANY (ARRAY(
-                            SELECT r.ctid FROM running r
-                             WHERE r.total - r.size < $1
-                               AND r.message_total - r.size < r.allowed))
-                    FOR UPDATE SKIP LOCKED)
-             UPDATE outbound_msg.queue q
-                SET attempts = q.attempts + 1,
-                    last_attempt_at = now(),
-                    state = 'sending',
-                    next_attempt_at = now() + make_interval(secs => $4)
-               FROM outbound_msg.message m
-              WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM locked)) AND m.id = q.message_id
-             RETURNING q.ctid, q.id, q.message_id, q.payloads, q.attempts, m.endpoint_url,
-                       (SELECT c.relname::text FROM pg_catalog.pg_class c
-                         WHERE c.oid = m.object),
-                       m.client_certificate",
+            CLAIM_SQL,
             &[
                 pg_sys::INT8OID,
                 pg_sys::INT8ARRAYOID,
@@ -415,7 +161,7 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64], indexed: &[i64]) -> Resul
                 allowed_ids.into(),
                 allowed_counts.into(),
                 limits.lease.as_secs_f64().into(),
-                new_groups.into(),
+                new_rows.into(),
                 indexed.to_vec().into(),
             ],
         )?;
@@ -438,149 +184,6 @@ pub fn claim(limits: &ClaimLimits, new_groups: &[u64], indexed: &[i64]) -> Resul
     })
 }
 
-/// Moves the new groups at `addresses` (`block << 16 | offset`) into the due index (state
-/// `queued`), so that claims find them: those a claim cannot take while their message's
-/// connections are busy. A new group is in no index: every capturing transaction saves an
-/// index insert, and the worker, which learns from the committing transactions where their
-/// rows are, claims most of them from there. Returns the addresses of new groups another
-/// transaction has locked, to be tried again.
-pub fn admit(addresses: &[u64]) -> Result<Vec<u64>> {
-    let tids = tids_at(addresses);
-    Spi::connect_mut(|client| {
-        let rows = kept_update(
-            &ADMIT,
-            client,
-            "WITH found AS MATERIALIZED (
-                 SELECT ctid FROM outbound_msg.queue WHERE ctid = ANY ($1) AND state = 'new'),
-             locked AS (
-                 SELECT ctid FROM outbound_msg.queue
-                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM found)) AND state = 'new'
-                    FOR UPDATE SKIP LOCKED),
-             admitted AS (
-                 UPDATE outbound_msg.queue q SET state = 'queued'
-                   FROM locked l
-                  WHERE q.ctid = l.ctid
-                 RETURNING l.ctid)
-             SELECT f.ctid FROM found f WHERE f.ctid NOT IN (SELECT ctid FROM admitted)",
-            &[pg_sys::TIDARRAYOID],
-            None,
-            &[tids.into()],
-        )?;
-        rows.map(|row| Ok(address_of(row.get(1)?.unwrap_or_default())))
-            .collect()
-    })
-}
-
-/// A new group found at an address: its message, and how many notifications it holds.
-pub struct NewGroup {
-    pub address: u64,
-    pub message_id: i64,
-    pub size: usize,
-}
-
-/// Those of the groups at `addresses` that are still new (no claim took them).
-pub fn still_new(addresses: &[u64]) -> Result<Vec<NewGroup>> {
-    let tids = tids_at(addresses);
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT ctid, message_id, cardinality(record_ids) FROM outbound_msg.queue
-                  WHERE ctid = ANY ($1) AND state = 'new'",
-                None,
-                &[tids.into()],
-            )?
-            .map(|row| {
-                Ok(NewGroup {
-                    address: address_of(row.get(1)?.unwrap_or_default()),
-                    message_id: row.get(2)?.unwrap_or_default(),
-                    size: row.get::<i32>(3)?.unwrap_or(1).max(1) as usize,
-                })
-            })
-            .collect()
-    })
-}
-
-/// [`announcement`]s of at most `limit` new groups, in the order they lie, from the start of
-/// `block` on; and the block to go on from when there were `limit` (`None`: none are left).
-pub fn sweep(block: u32, limit: usize) -> Result<(Vec<u64>, Option<u32>)> {
-    let found: Vec<u64> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT ctid, cardinality(record_ids) FROM outbound_msg.queue
-                  WHERE ctid >= $1 AND state = 'new' LIMIT $2",
-                None,
-                &[tid_at(u64::from(block) << 16).into(), (limit as i64).into()],
-            )?
-            .map(|row| {
-                let size = row.get::<i32>(2)?.unwrap_or(1).max(1) as usize;
-                Ok(announcement(row.get(1)?.unwrap_or_default(), size))
-            })
-            .collect::<Result<_>>()
-    })?;
-    let more_from = (found.len() >= limit)
-        .then(|| found.iter().map(|&a| (announced(a).0 >> 16) as u32).max())
-        .flatten();
-    Ok((found, more_from))
-}
-
-/// The row address `block << 16 | offset` as a ctid.
-fn tid_at(address: u64) -> pg_sys::ItemPointerData {
-    let mut tid = pg_sys::ItemPointerData::default();
-    pgrx::itemptr::item_pointer_set_all(&mut tid, (address >> 16) as u32, address as u16);
-    tid
-}
-
-/// The row addresses `addresses` as ctids, a query argument.
-fn tids_at(addresses: &[u64]) -> Vec<pg_sys::ItemPointerData> {
-    addresses.iter().map(|&address| tid_at(address)).collect()
-}
-
-/// What a committing transaction tells its worker of a new group: its address, and in the top
-/// 16 bits how many notifications it holds (so that a claim is offered as many as it can take).
-pub fn announcement(tid: pg_sys::ItemPointerData, notifications: usize) -> u64 {
-    address_of(tid) | ((notifications.min(0xFFFF) as u64) << 48)
-}
-
-/// The address and the number of notifications of an [`announcement`].
-pub fn announced(announcement: u64) -> (u64, usize) {
-    (
-        announcement & ((1 << 48) - 1),
-        (announcement >> 48) as usize,
-    )
-}
-
-/// A ctid as the row address `block << 16 | offset`.
-pub fn address_of(tid: pg_sys::ItemPointerData) -> u64 {
-    let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
-    (u64::from(block) << 16) | u64::from(offset)
-}
-
-/// The queue's storage (its relfilenode), locked for the rest of the transaction. VACUUM FULL,
-/// CLUSTER and TRUNCATE give it a new one and move every row: row addresses from before no
-/// longer hold.
-pub fn storage() -> Result<u32> {
-    let relid = crate::catalog::required_relation(c"queue")?;
-    // SAFETY: opens and locks an existing relation to read its relcache entry.
-    unsafe {
-        let relation = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let storage = crate::pgver::storage_number(relation);
-        pg_sys::table_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
-        Ok(storage)
-    }
-}
-
-/// Whether a prepared transaction of this database waits for COMMIT PREPARED.
-pub fn transactions_prepared() -> Result<bool> {
-    Ok(Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts
-                         WHERE database = current_database())",
-    )?
-    .unwrap_or(false))
-}
-
-/// Time until the earliest group of a message in `allowed` is due (zero if one is due now),
-/// `None` when nothing waits. Other messages' groups do not count: the end of one of their
-/// deliveries, or their endpoint's next probe, wakes the worker anyway.
 /// The messages with groups in the due index (any state but `new`), in order: one index probe
 /// each (a loose index scan), however many messages are defined. A claim looks up only those
 /// of them it may take from, rather than probing the index for every message allowed.
@@ -605,6 +208,9 @@ pub fn messages_in_index() -> Result<Vec<i64>> {
     })
 }
 
+/// Time until the earliest group of a message in `allowed` is due (zero if one is due now),
+/// `None` when nothing waits. Other messages' groups do not count: the end of one of their
+/// deliveries, or their endpoint's next probe, wakes the worker anyway.
 pub fn next_due(allowed: Vec<i64>) -> Result<Option<Duration>> {
     // Clamped here, not with SQL's greatest(): greatest(0, NULL) is 0, which would make an
     // empty queue look due now and keep the worker from ever sleeping. Expired groups wait at

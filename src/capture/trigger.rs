@@ -17,11 +17,14 @@ use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 use pgrx::PgTupleDesc;
 
-use crate::catalog::{self, Capture, Evaluate};
+use super::{encode, statement as pending};
+use crate::define::catalog::{self, Capture, Evaluate};
+use crate::define::criteria;
 use crate::error::{required, Error, Kind};
-use crate::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::sqltypes::RegClass;
-use crate::{criteria, pending, queue, roles, soap, wire};
+use crate::wire::ids::{salesforce_id, NOTIFICATION_PREFIX};
+use crate::wire::soap;
+use crate::{queue, roles};
 
 /// Trigger function installed by `create_message` on every table that has messages: one call
 /// per inserted or updated row.
@@ -56,7 +59,7 @@ struct RowPlan {
 struct Column {
     name: String,
     attno: NonZeroUsize,
-    encoder: wire::Encoder,
+    encoder: encode::Encoder,
     tags: soap::Tags,
 }
 
@@ -72,7 +75,7 @@ impl RowPlan {
             Some(Column {
                 name: name.to_string(),
                 attno: NonZeroUsize::new(index + 1)?,
-                encoder: wire::Encoder::for_type(attribute.type_oid().value()),
+                encoder: encode::Encoder::for_type(attribute.type_oid().value()),
                 tags: soap::Tags::new(name),
             })
         };
@@ -126,18 +129,9 @@ thread_local! {
     /// a backend captures changes to a few tables, and hashing the OID (SipHash) cost more per
     /// row than comparing it with each.
     static CACHE: RefCell<(u64, Vec<CachedTable>)> = const { RefCell::new((0, Vec::new())) };
-    /// Bumped when definitions may have changed: by this backend's catalog writes at once,
-    /// and by invalidations (another backend's committed definitions, GRANT, REVOKE, policies,
-    /// role changes), which PostgreSQL delivers to every backend.
-    static GENERATION: Cell<u64> = const { Cell::new(1) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// `outbound_msg.message`, whose invalidation says another backend changed definitions.
     static DEFINITIONS_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
-
-/// Makes the next capture look definitions up again.
-pub fn definitions_changed() {
-    GENERATION.set(GENERATION.get() + 1);
 }
 
 #[pg_guard]
@@ -145,7 +139,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     // Autovacuum's ANALYZE of a busy table invalidates it every few seconds: only relations
     // the kept definitions depend on make them be looked up again.
     if relid == pg_sys::InvalidOid || depends_on(relid) {
-        definitions_changed();
+        catalog::definitions_changed();
     }
 }
 
@@ -167,7 +161,7 @@ fn depends_on(relid: pg_sys::Oid) -> bool {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_role_invalidation(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
-    definitions_changed();
+    catalog::definitions_changed();
 }
 
 fn register_invalidation_callbacks() {
@@ -197,7 +191,7 @@ fn register_invalidation_callbacks() {
 /// invalidation; `desc` describes `relid`'s rows.
 fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<Vec<Prepared>>> {
     register_invalidation_callbacks();
-    let generation = GENERATION.get();
+    let generation = catalog::definitions_generation();
     let cached = CACHE.with_borrow_mut(|(cached_generation, tables)| {
         if *cached_generation != generation {
             *cached_generation = generation;
@@ -501,7 +495,7 @@ struct Row<'a> {
 
 thread_local! {
     /// The arrays of the last row dropped, for the next one: a bulk statement deforms every row
-    /// into arrays of the same size, and allocating them was about a twentieth of capture's cost a row.
+    /// into arrays of the same size, and allocating them anew is a visible part of capture's cost.
     static SPARE_ARRAYS: Cell<Option<(Vec<pg_sys::Datum>, Vec<bool>)>> = const { Cell::new(None) };
 }
 
@@ -564,7 +558,10 @@ impl Row<'_> {
             })?;
         let typoid = attribute.type_oid().value();
         // SAFETY: a non-NULL value of the attribute's own type.
-        Ok((!self.nulls[index]).then(|| unsafe { wire::output_text(self.values[index], typoid) }))
+        Ok(
+            (!self.nulls[index])
+                .then(|| unsafe { encode::output_text(self.values[index], typoid) }),
+        )
     }
 
     /// The row's composite type (the table's row type).

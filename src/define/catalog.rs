@@ -1,7 +1,7 @@
 //! Outbound message definitions: the `outbound_msg.message` table and the SQL functions that
 //! define, alter, drop, enable and disable messages, and describe them as WSDL.
 //!
-//! Only this module (and the DDL event triggers of `sql/ddl.sql`, which follow table drops)
+//! Only this module (and the DDL event trigger of `sql/finalize.sql` that follows table drops)
 //! writes definitions. Every setting is checked with the calling role's privileges before
 //! anything is written; the writes then run as the extension's owner, in the caller's
 //! transaction, so a refused call leaves no row and no trigger behind.
@@ -10,9 +10,13 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 
+use super::{certificates, criteria, validate};
+use crate::capture::encode;
 use crate::error::{required, required_elements, Error, Kind, Result};
+use crate::relations::extension_relation;
 use crate::sqltypes::{RegClass, RegRole};
-use crate::{capture, certificates, criteria, guc, queue, roles, secrets, validate, wire, wsdl};
+use crate::wire::wsdl;
+use crate::{guc, queue, roles, secrets};
 
 /// The trigger of a table with messages, which captures each change (what a statement captured
 /// is written when it finishes: see `pending`).
@@ -200,6 +204,8 @@ fn drop_message(
     roles::api_call(|client, caller| {
         let stored = find(client, object, unique_name)?;
         refuse_if_protected(&stored.settings, caller)?;
+        // Rows this transaction captured and has not written yet go too.
+        crate::capture::statement::forget_message(stored.id);
         let discarded = queue::forget_message(client, stored.id)?;
         if discarded > 0 {
             notice!(
@@ -294,7 +300,7 @@ fn wsdl(
                 .first()
                 .get_one::<pg_sys::Oid>()?
                 .unwrap_or(pg_sys::TEXTOID);
-            typed.push((field.as_str(), wire::xsd_type(typoid)));
+            typed.push((field.as_str(), encode::xsd_type(typoid)));
         }
         let fields: Vec<wsdl::Field> = typed
             .iter()
@@ -877,31 +883,6 @@ fn stored_values(checked: &Checked) -> Vec<pgrx::datum::DatumWithOid<'_>> {
     ]
 }
 
-/// The OID of the extension's relation `outbound_msg.name`; InvalidOid while there is none.
-pub fn extension_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
-    // SAFETY: catalog cache lookups by name; a missing schema gives InvalidOid.
-    unsafe {
-        let schema = pg_sys::get_namespace_oid(c"outbound_msg".as_ptr(), true);
-        pg_sys::get_relname_relid(name.as_ptr(), schema)
-    }
-}
-
-/// The OID of the extension's relation `outbound_msg.name`, which must exist (an internal
-/// error otherwise).
-pub fn required_relation(name: &std::ffi::CStr) -> Result<pg_sys::Oid> {
-    let relid = extension_relation(name);
-    if relid == pg_sys::InvalidOid {
-        return Err(Error::new(
-            Kind::Internal,
-            format!(
-                "relation outbound_msg.{} does not exist",
-                name.to_string_lossy()
-            ),
-        ));
-    }
-    Ok(relid)
-}
-
 /// The definitions table, `outbound_msg.message` (InvalidOid while the extension is absent).
 pub fn definitions_table() -> pg_sys::Oid {
     extension_relation(c"message")
@@ -915,7 +896,24 @@ fn invalidate_definitions() {
         // SAFETY: queues a transactional invalidation message for a relation that exists.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
     }
-    capture::definitions_changed();
+    definitions_changed();
+}
+
+thread_local! {
+    /// Bumped when definitions may have changed: by this backend's catalog writes at once,
+    /// and by invalidations (another backend's committed definitions, GRANT, REVOKE, policies,
+    /// role changes), which PostgreSQL delivers to every backend and capture passes on here.
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+}
+
+/// Makes the next capture look definitions up again.
+pub fn definitions_changed() {
+    GENERATION.set(GENERATION.get() + 1);
+}
+
+/// The current generation of definitions: what capture read at an older one is stale.
+pub fn definitions_generation() -> u64 {
+    GENERATION.get()
 }
 
 /// Installs the table's trigger unless a previous message already did.

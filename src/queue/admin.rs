@@ -6,11 +6,12 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::define::catalog;
 use crate::error::{required, Error, Kind, Result};
-use crate::ids::{number_of, salesforce_id, NOTIFICATION_PREFIX};
 use crate::queue::{self, Selection};
+use crate::roles;
 use crate::sqltypes::RegClass;
-use crate::{catalog, roles};
+use crate::wire::ids::{number_of, salesforce_id, NOTIFICATION_PREFIX};
 
 /// The notification Id sent to listeners for notification number `number` (see
 /// `outbound_msg.queue`: row id * 100 + position).
@@ -23,7 +24,7 @@ fn notification_id(number: i64) -> String {
 /// are captured and queued but no worker delivers them. Read through `worker_status()`.
 #[pg_extern]
 fn preloaded() -> bool {
-    crate::worker::preloaded()
+    crate::deliver::preloaded()
 }
 
 /// Every database a delivery worker serves or that waits for one (shared memory, so every
@@ -38,7 +39,7 @@ fn worker_slots() -> TableIterator<
         name!(waiting_since, Option<f64>),
     ),
 > {
-    let rows: Vec<_> = crate::worker::shmem::slots()
+    let rows: Vec<_> = crate::deliver::shmem::slots()
         .into_iter()
         .map(|slot| {
             (
@@ -55,7 +56,7 @@ fn worker_slots() -> TableIterator<
 /// `CREATE EXTENSION` calls it, so a new database is served without a restart.
 #[pg_extern]
 fn wake_worker() {
-    crate::worker::wake::after_commit();
+    crate::deliver::wake::after_commit();
 }
 
 /// Makes one notification (by its 18-character Id) due now, with the group it is sent in;

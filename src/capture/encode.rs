@@ -1,13 +1,13 @@
 //! The wire text of one column value (SPEC §3): decodes a datum by its type and hands the raw
-//! value to [`crate::values`]. Types without a special rule go through their output function.
+//! value to [`crate::wire::values`]. Types without a special rule go through their output function.
 
 use std::borrow::Cow;
 use std::ffi::CStr;
 
 use pgrx::{pg_sys, FromDatum};
 
-use crate::soap::push_escaped;
-use crate::values;
+use crate::wire::soap::push_escaped;
+use crate::wire::values;
 
 /// How values of one column type become wire text, resolved once (per statement, by capture):
 /// the base type's rule, and for types without one their output function, looked up once.
@@ -196,8 +196,8 @@ unsafe fn stored_bytes<'a>(datum: pg_sys::Datum) -> Option<&'a [u8]> {
 unsafe fn stored_text<'a>(datum: pg_sys::Datum) -> Option<&'a str> {
     // SAFETY: as the caller guarantees.
     let bytes = unsafe { stored_bytes(datum) }?;
-    // Most values are ASCII, which a short test shows; std's validation cost ~130
-    // instructions for a ten-byte value.
+    // Most values are ASCII, which a short test shows; std's full UTF-8 validation costs
+    // more than the value's own rendering.
     if bytes.is_ascii() {
         // SAFETY: ASCII is UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(bytes) })

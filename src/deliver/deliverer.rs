@@ -17,18 +17,19 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 
 use super::endpoints;
-use super::fresh::NewGroupsFound;
 use super::health::{Allowance, Health};
 use super::pool::{Done, Job, Pool};
 use super::shmem;
-use crate::http::{Failure, Limits};
-use crate::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
+use crate::define::validate::endpoint_of;
+use crate::define::{certificates, validate};
+use crate::deliver::http::{Failure, Limits};
+use crate::deliver::retry::{backoff, Jitter};
+use crate::deliver::tls::{self, Identity};
+use crate::guc;
+use crate::queue::new_rows::{Announcement, NewRows};
 use crate::queue::{self, Batch, ClaimLimits, Row};
-use crate::retry::{backoff, Jitter};
-use crate::soap::{self, Header, Notification};
-use crate::tls::{self, Identity};
-use crate::validate::endpoint_of;
-use crate::{certificates, guc, validate};
+use crate::wire::ids::{salesforce_id, ACTION_PREFIX, NOTIFICATION_PREFIX, ORGANIZATION_PREFIX};
+use crate::wire::soap::{self, Header, Notification};
 
 /// Largest listener response read.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -62,7 +63,7 @@ pub struct Deliverer {
     /// Groups claimed since the worker last vacuumed the queue: each leaves dead row versions.
     claimed_since_vacuum: usize,
     /// New groups (in no index) the worker knows of or still has to find, offered to claims.
-    new_groups: NewGroupsFound,
+    new_rows: NewRows,
     /// Each endpoint's health.
     health: Health,
     /// The endpoint of each message, as defined; `None` until loaded.
@@ -140,7 +141,7 @@ struct ClaimPlan {
 
 /// What a claim transaction returns.
 struct Claimed {
-    new_groups: NewGroupsFound,
+    new_rows: NewRows,
     derived_organization_id: String,
     batches: Vec<Batch>,
     next_due: Option<Duration>,
@@ -165,7 +166,7 @@ impl Deliverer {
             roots_for: None,
             identities: HashMap::new(),
             claimed_since_vacuum: 0,
-            new_groups: NewGroupsFound::at_start(),
+            new_rows: NewRows::at_start(),
             health: Health::default(),
             endpoints: None,
             endpoints_loaded: Instant::now(),
@@ -180,7 +181,7 @@ impl Deliverer {
     /// Whether the last step found nothing to send, nothing is in flight, and no new group is
     /// left to find.
     pub fn idle(&self) -> bool {
-        self.last_claimed == 0 && self.new_groups.settled() && self.quiet()
+        self.last_claimed == 0 && self.new_rows.settled() && self.quiet()
     }
 
     /// Whether nothing is in flight and every outcome is recorded.
@@ -228,7 +229,11 @@ impl Deliverer {
         let paused = guc::pause_delivery();
         // SAFETY: reads this worker's database.
         let database = unsafe { pg_sys::MyDatabaseId };
-        self.new_groups.learn(shmem::begin_claim(database, paused));
+        let seen = shmem::begin_claim(database, paused);
+        self.new_rows.learn(
+            seen.rows.into_iter().map(Announcement::from_raw),
+            seen.sweep,
+        );
         if paused {
             report_state(c"paused");
             return Some(IDLE_WAIT);
@@ -272,11 +277,11 @@ impl Deliverer {
         let prepared_since = shmem::take_prepared(database);
         let claimed = self.claim(&limits, prepared_since);
         let Some(claimed) = claimed else {
-            self.new_groups = self.new_groups.kept_after_failure(prepared_since);
+            self.new_rows = self.new_rows.kept_after_failure(prepared_since);
             return Some(IDLE_WAIT.min(Duration::from_secs(1)));
         };
         let claimed = claimed?;
-        self.new_groups = claimed.new_groups;
+        self.new_rows = claimed.new_rows;
         let organization_id =
             guc::organization_id().unwrap_or_else(|| claimed.derived_organization_id.clone());
         self.derived_organization_id = Some(claimed.derived_organization_id);
@@ -315,7 +320,7 @@ impl Deliverer {
             {
                 Duration::ZERO
             } else {
-                let longest = self.new_groups.longest_sleep().unwrap_or(IDLE_WAIT);
+                let longest = self.new_rows.longest_sleep().unwrap_or(IDLE_WAIT);
                 let health = self.health_wake(&settings, now).unwrap_or(IDLE_WAIT);
                 claimed
                     .next_due
@@ -377,7 +382,7 @@ impl Deliverer {
         if first {
             endpoints::load(&mut self.health)?;
         }
-        endpoints::watch_definitions(Some(crate::catalog::definitions_table()));
+        endpoints::watch_definitions(Some(crate::define::catalog::definitions_table()));
         self.endpoints = Some(map);
         self.endpoints_loaded = Instant::now();
         Ok(())
@@ -453,13 +458,13 @@ impl Deliverer {
     /// if the extension is not installed.
     fn claim(&mut self, limits: &ClaimLimits, prepared_since: bool) -> Option<Option<Claimed>> {
         let known = self.derived_organization_id.clone();
-        let found = &mut self.new_groups;
+        let found = &mut self.new_rows;
         super::transaction(|| {
             if !extension_installed() {
                 return None;
             }
             let derived = known.unwrap_or_else(derived_organization_id);
-            if let Ok(storage) = queue::storage() {
+            if let Ok(storage) = queue::new_rows::storage() {
                 found.set_storage(storage);
             }
             let mut allowed: Vec<i64> = limits.allowances.iter().map(|(m, _)| *m).collect();
@@ -501,7 +506,7 @@ impl Deliverer {
                 );
                 Vec::new()
             });
-            let new_groups = match next.after_claim(&offered, &allowed, prepared_since) {
+            let new_rows = match next.after_claim(&offered, &allowed, prepared_since) {
                 Ok(()) => next,
                 Err(err) => {
                     warning!(
@@ -517,7 +522,7 @@ impl Deliverer {
             let analyze =
                 claimed_groups > 0 && queue::statistics_behind(claimed_groups).unwrap_or(false);
             Some(Claimed {
-                new_groups,
+                new_rows,
                 derived_organization_id: derived,
                 batches,
                 next_due,

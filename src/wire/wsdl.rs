@@ -2,9 +2,9 @@
 //!
 //! Pure Rust. The structure is Salesforce's, so tooling written for Salesforce outbound messages
 //! accepts it; our `ID` type is a plain string because PostgreSQL keys are not 18-character
-//! Salesforce ids. Every message [`crate::soap`] writes validates against the schema here.
+//! Salesforce ids. Every message [`crate::wire::soap`] writes validates against the schema here.
 
-use crate::soap::push_escaped;
+use crate::wire::soap::push_escaped;
 
 /// One sent column and its XSD type (`xsd:string`, `xsd:int`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
