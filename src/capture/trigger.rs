@@ -6,7 +6,7 @@
 //! The row trigger does no query of its own in the common case: definitions, the columns each
 //! send-as role may read and whether row-level security applies are looked up once and kept
 //! until an invalidation (a changed definition, GRANT, REVOKE, policy or role), and rendered
-//! notifications go to [`pending`], which writes them in groups.
+//! notifications go to [`super::statement`], which writes them in groups.
 
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroUsize;
@@ -17,7 +17,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 use pgrx::PgTupleDesc;
 
-use super::{encode, statement as pending};
+use super::{encode, statement};
 use crate::define::catalog::{self, Capture, Evaluate};
 use crate::define::criteria;
 use crate::error::{required, Error, Kind};
@@ -213,7 +213,7 @@ fn prepared(relid: pg_sys::Oid, desc: &PgTupleDesc) -> crate::error::Result<Rc<V
         Spi::connect(|client| catalog::active_messages(client, relid))
     })?;
     DEFINITIONS_TABLE.set(catalog::definitions_table());
-    pending::set_owner(owner);
+    statement::set_owner(owner);
     let prepared: Vec<Prepared> = messages
         .into_iter()
         .map(|message| Prepared {
@@ -288,7 +288,7 @@ fn capture_row(trigger: &PgTrigger) -> crate::error::Result<()> {
                 continue;
             }
         }
-        pending::add(message.message_id, |text| plan.render(&new_row, text))?;
+        statement::add(message.message_id, |text| plan.render(&new_row, text))?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::wire::wsdl;
 use crate::{guc, queue, roles, secrets};
 
 /// The trigger of a table with messages, which captures each change (what a statement captured
-/// is written when it finishes: see `pending`).
+/// is written when it finishes: see `capture::statement`).
 const TRIGGER: &str = "outbound_msg_capture";
 
 /// Field names the base `sObject` type already has.

@@ -5,7 +5,7 @@
 //!
 //! At most `outbound_msg.max_workers` workers run at once; the launcher starts the databases
 //! that have waited longest first, and a worker gives its place up when others wait (see
-//! `worker::mod`).
+//! `deliver::mod`).
 //!
 //! Latches live in the shared PGPROC array, so a latch's address is valid in every process of
 //! the cluster. Exists only when the library is preloaded; [`available`] says so, and every
