@@ -357,6 +357,20 @@ def healthy_figures(db, table, arrivals, first, per_second, seconds, burst):
     return p50, p99, rate
 
 
+def healthy_baseline(db, table, arrivals, per_second, seconds, burst):
+    """Creates `table` with a message to the healthy listener `arrivals`, has one notification
+    delivered (a worker serves the database, as in a running system: its start is not
+    measured), then measures [`healthy_figures`] from id 0."""
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    db.execute(f"SELECT outbound_msg.create_message('{table}', 'Healthy', 'Healthy', %s, "
+               "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
+    db.execute(f"INSERT INTO {table} VALUES (-1, 'warm-up')")
+    deadline = time.monotonic() + 30
+    while "-1" not in arrivals.at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return healthy_figures(db, table, arrivals, 0, per_second, seconds, burst)
+
+
 def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_000):
     print(f"\n6. Isolation: a healthy endpoint beside {silent_count} silent endpoints with "
           f"backlogs; {per_second} commits/s for {seconds} s, then a burst of {burst:,}")
@@ -364,13 +378,8 @@ def bench_isolation(db, silent_count=100, per_second=10, seconds=15, burst=20_00
     arrivals = Arrivals()
     silent = [Silent() for _ in range(silent_count)]
     try:
-        db.execute("CREATE TABLE iso_latency (id int PRIMARY KEY, v text)")
-        db.execute("SELECT outbound_msg.create_message('iso_latency', 'IsoLat', 'IsoLat', %s, "
-                   "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
-        warm_up(db, "iso_latency", arrivals)
-        base_p50, base_p99, base_rate = healthy_figures(db, "iso_latency", arrivals, 0,
-                                                        per_second, seconds,
-                                                        burst)
+        base_p50, base_p99, base_rate = healthy_baseline(db, "iso_latency", arrivals,
+                                                         per_second, seconds, burst)
         db.execute("CREATE TABLE iso_silent (id int PRIMARY KEY, v text)")
         for n, endpoint in enumerate(silent):
             db.execute("SELECT outbound_msg.create_message('iso_silent', %s, %s, %s, "
@@ -407,14 +416,6 @@ def delivered_by_prefix(db, prefix):
                       "WHERE m.unique_name LIKE %s", (prefix + "%",)).fetchone()[0]
 
 
-def warm_up(db, table, arrivals):
-    """One notification delivered: a worker serves the database, as in a running system."""
-    db.execute(f"INSERT INTO {table} VALUES (-1, 'warm-up')")
-    deadline = time.monotonic() + 30
-    while "-1" not in arrivals.at and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def bench_definitions(db, tables=200, per_table=10, endpoints=100, per_second=10, seconds=10,
                       burst=20_000):
     count = tables * per_table
@@ -425,13 +426,8 @@ def bench_definitions(db, tables=200, per_table=10, endpoints=100, per_second=10
     arrivals = Arrivals()
     fleet = Nginx(ports=endpoints)
     try:
-        db.execute("CREATE TABLE def_latency (id int PRIMARY KEY, v text)")
-        db.execute("SELECT outbound_msg.create_message('def_latency', 'Latency', 'Latency', %s, "
-                   "ARRAY['v'], 'postgres')", (arrivals.listener.url,))
-        warm_up(db, "def_latency", arrivals)
-        base_p50, base_p99, base_rate = healthy_figures(db, "def_latency", arrivals, 0,
-                                                        per_second, seconds,
-                                                        burst)
+        base_p50, base_p99, base_rate = healthy_baseline(db, "def_latency", arrivals,
+                                                         per_second, seconds, burst)
         started = time.perf_counter()
         for t in range(tables):
             db.execute(f"CREATE TABLE def_{t} (id int PRIMARY KEY, v text)")

@@ -124,6 +124,14 @@ pub fn required<T>(value: Option<T>, name: &str) -> Result<T> {
     })
 }
 
+/// The `object` and `unique_name` parameters that name a message, neither of which may be NULL.
+pub fn required_message<T>(object: Option<T>, unique_name: Option<&str>) -> Result<(T, &str)> {
+    Ok((
+        required(object, "object")?,
+        required(unique_name, "unique_name")?,
+    ))
+}
+
 /// The elements of the array parameter `name`, none of which may be NULL.
 pub fn required_elements<T>(values: Option<Vec<Option<T>>>, name: &str) -> Result<Vec<T>> {
     required(values, name)?

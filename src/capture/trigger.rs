@@ -20,7 +20,7 @@ use pgrx::PgTupleDesc;
 use super::{encode, statement};
 use crate::define::catalog::{self, Capture, Evaluate};
 use crate::define::criteria;
-use crate::error::{required, Error, Kind};
+use crate::error::{required, required_message, Error, Kind};
 use crate::sqltypes::RegClass;
 use crate::wire::ids::{salesforce_id, NOTIFICATION_PREFIX};
 use crate::wire::soap;
@@ -407,8 +407,7 @@ fn send(
     unique_name: Option<&str>,
     key: Option<&str>,
 ) -> std::result::Result<String, ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
+    let (object, unique_name) = required_message(object, unique_name)?;
     let key = required(key, "key")?;
     roles::api_call(|client, caller| {
         let message = catalog::sendable(client, object, unique_name, caller)?;

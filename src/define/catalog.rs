@@ -12,7 +12,7 @@ use pgrx::spi::{quote_identifier, SpiClient};
 
 use super::{certificates, criteria, validate};
 use crate::capture::encode;
-use crate::error::{required, required_elements, Error, Kind, Result};
+use crate::error::{required, required_elements, required_message, Error, Kind, Result};
 use crate::relations::extension_relation;
 use crate::sqltypes::{RegClass, RegRole};
 use crate::wire::wsdl;
@@ -153,8 +153,7 @@ fn alter_message(
         Some("") => None,
         Some(text) => Some(text.to_string()),
     };
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
+    let (object, unique_name) = required_message(object, unique_name)?;
     let fields = fields
         .map(|fields| required_elements(Some(fields), "fields"))
         .transpose()?;
@@ -199,8 +198,7 @@ fn drop_message(
     object: Option<RegClass>,
     unique_name: Option<&str>,
 ) -> std::result::Result<(), ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
+    let (object, unique_name) = required_message(object, unique_name)?;
     roles::api_call(|client, caller| {
         let stored = find(client, object, unique_name)?;
         refuse_if_protected(&stored.settings, caller)?;
@@ -262,8 +260,7 @@ fn set_active(
     unique_name: Option<&str>,
     active: bool,
 ) -> std::result::Result<(), ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
+    let (object, unique_name) = required_message(object, unique_name)?;
     roles::api_call(|client, caller| {
         let stored = find(client, object, unique_name)?;
         refuse_if_protected(&stored.settings, caller)?;
@@ -283,8 +280,7 @@ fn wsdl(
     object: Option<RegClass>,
     unique_name: Option<&str>,
 ) -> std::result::Result<String, ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
+    let (object, unique_name) = required_message(object, unique_name)?;
     roles::api_call(|client, _caller| {
         let settings = find(client, object, unique_name)?.settings;
         let table = relation_name(client, settings.object)?;

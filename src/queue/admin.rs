@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::define::catalog;
-use crate::error::{required, Error, Kind, Result};
+use crate::error::{required, required_message, Error, Kind, Result};
 use crate::queue::{self, Selection};
 use crate::roles;
 use crate::sqltypes::RegClass;
@@ -63,11 +63,7 @@ fn wake_worker() {
 /// returns how many notifications were rescheduled (0 if in flight).
 #[pg_extern(name = "retry")]
 fn retry_one(notification_id: Option<&str>) -> std::result::Result<i64, ErrorReport> {
-    let notification_id = required(notification_id, "notification_id")?;
-    roles::api_call(|client, caller| {
-        let id = existing_notification(client, notification_id, caller)?;
-        queue::retry(client, Selection::One(id))
-    })
+    on_one(notification_id, queue::retry)
 }
 
 /// Makes every notification of a message due now, expired ones included; returns how many.
@@ -76,12 +72,7 @@ fn retry_message(
     object: Option<RegClass>,
     unique_name: Option<&str>,
 ) -> std::result::Result<i64, ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
-    roles::api_call(|client, caller| {
-        let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
-        queue::retry(client, Selection::Message(message_id))
-    })
+    on_message(object, unique_name, queue::retry)
 }
 
 /// Makes every expired notification due again (of protected messages only for a superuser);
@@ -94,11 +85,7 @@ fn retry_expired() -> std::result::Result<i64, ErrorReport> {
 /// Deletes one notification (by its 18-character Id) without sending it; returns 1.
 #[pg_extern(name = "discard")]
 fn discard_one(notification_id: Option<&str>) -> std::result::Result<i64, ErrorReport> {
-    let notification_id = required(notification_id, "notification_id")?;
-    roles::api_call(|client, caller| {
-        let id = existing_notification(client, notification_id, caller)?;
-        queue::discard(client, Selection::One(id))
-    })
+    on_one(notification_id, queue::discard)
 }
 
 /// Deletes every queued or expired notification of a message; returns how many.
@@ -107,12 +94,7 @@ fn discard_message(
     object: Option<RegClass>,
     unique_name: Option<&str>,
 ) -> std::result::Result<i64, ErrorReport> {
-    let object = required(object, "object")?;
-    let unique_name = required(unique_name, "unique_name")?;
-    roles::api_call(|client, caller| {
-        let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
-        queue::discard(client, Selection::Message(message_id))
-    })
+    on_message(object, unique_name, queue::discard)
 }
 
 /// Deletes every expired notification (of protected messages only for a superuser); returns
@@ -120,6 +102,31 @@ fn discard_message(
 #[pg_extern]
 fn discard_expired() -> std::result::Result<i64, ErrorReport> {
     roles::api_call(|client, caller| queue::discard(client, expired(caller)))
+}
+
+/// What retry and discard do to a selection of notifications.
+type Action = fn(&mut SpiClient, Selection) -> Result<i64>;
+
+/// `act` on the notification whose Id is `notification_id`.
+fn on_one(notification_id: Option<&str>, act: Action) -> std::result::Result<i64, ErrorReport> {
+    let notification_id = required(notification_id, "notification_id")?;
+    roles::api_call(|client, caller| {
+        let id = existing_notification(client, notification_id, caller)?;
+        act(client, Selection::One(id))
+    })
+}
+
+/// `act` on every notification of the message `unique_name` of `object`.
+fn on_message(
+    object: Option<RegClass>,
+    unique_name: Option<&str>,
+    act: Action,
+) -> std::result::Result<i64, ErrorReport> {
+    let (object, unique_name) = required_message(object, unique_name)?;
+    roles::api_call(|client, caller| {
+        let message_id = catalog::unprotected_message_id(client, object, unique_name, caller)?;
+        act(client, Selection::Message(message_id))
+    })
 }
 
 /// Every expired notification `caller` may act on: a protected message's only for a superuser.

@@ -10,7 +10,8 @@ pub const GROUP_LIMIT: i64 = 100;
 pub struct Groups {
     text: String,
     groups: Vec<Group>,
-    size: usize,
+    /// Most notifications in a group.
+    pub(super) size: usize,
 }
 
 /// One group: a message, and where its notifications' texts sit in the groups' buffer.

@@ -572,7 +572,7 @@ mod tests {
         Claimed {
             row: Row {
                 id,
-                address: (id as u64) << 16 | 1,
+                address: RowAddress::at(id as u32, 1),
             },
             message_id,
             payloads: (0..size).map(|i| format!("p{id}.{i}")).collect(),

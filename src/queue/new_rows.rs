@@ -44,6 +44,11 @@ impl RowAddress {
         tid
     }
 
+    /// The address of place `offset` of `block`.
+    pub fn at(block: u32, offset: u16) -> RowAddress {
+        RowAddress((u64::from(block) << 16) | u64::from(offset))
+    }
+
     /// The block the row lies in.
     pub fn block(self) -> u32 {
         (self.0 >> 16) as u32
@@ -51,7 +56,7 @@ impl RowAddress {
 
     /// The first place of `block`.
     fn start_of(block: u32) -> RowAddress {
-        RowAddress(u64::from(block) << 16)
+        RowAddress::at(block, 0)
     }
 }
 

@@ -496,7 +496,7 @@ mod tests {
                 fields_xml: &fields,
             }],
         );
-        assert_eq!(body, include_str!("../tests/golden/envelope_one.xml"));
+        assert_eq!(body, include_str!("../../tests/golden/envelope_one.xml"));
     }
 
     #[test]
