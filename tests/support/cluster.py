@@ -5,6 +5,7 @@ OS user; otherwise to the current user. Its superuser is always called `postgres
 """
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,19 @@ TEST_SETTINGS = {
 def _bindir():
     return subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+def _server_owner():
+    """The uid and gid of the OS user `postgres` the server runs as: the chroot's own when
+    there is one (its packages may have given it another uid than the host's)."""
+    if PG_CHROOT:
+        with open(os.path.join(PG_CHROOT, "etc", "passwd")) as f:
+            for line in f:
+                fields = line.split(":")
+                if fields[0] == "postgres":
+                    return int(fields[2]), int(fields[3])
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
 
 
 def tool_command(bindir, tool):
@@ -58,7 +72,7 @@ class Cluster:
         self.logfile = os.path.join(self.root, "server.log")
         self.as_root = os.geteuid() == 0
         if self.as_root:
-            shutil.chown(self.root, "postgres", "postgres")
+            os.chown(self.root, *_server_owner())
         if standby_of is None:
             self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
                       "-D", self.datadir)
