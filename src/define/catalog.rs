@@ -187,6 +187,7 @@ fn alter_message(
             caller,
         )?;
         update(client, id, &checked)?;
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -231,6 +232,7 @@ fn drop_message(
             );
             client.update(&drop, None, &[])?;
         }
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -267,6 +269,7 @@ fn set_active(
             None,
             &[stored.id.into(), active.into()],
         )?;
+        invalidate_definitions();
         Ok(())
     })
 }
@@ -881,23 +884,6 @@ pub fn definitions_table() -> pg_sys::Oid {
     extension_relation(c"message")
 }
 
-/// The definitions table's statement trigger, in a module of its own: pgrx's macro names
-/// `Result`, which this file's error alias would shadow.
-mod written {
-    use pgrx::prelude::*;
-
-    /// Statement trigger of `outbound_msg.message` (sql/finalize.sql): whoever writes
-    /// definitions (the SQL API, the DDL event trigger, pg_restore's COPY, a superuser's own
-    /// DML), every backend's capture and the delivery worker look them up again.
-    #[pg_trigger]
-    fn definitions_written<'a>(
-        _trigger: &'a PgTrigger<'a>,
-    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-        crate::define::catalog::invalidate_definitions();
-        Ok(None)
-    }
-}
-
 /// Tells every backend, at commit, that definitions changed (a relcache invalidation of the
 /// definitions table reaches them all), and this one at once.
 fn invalidate_definitions() {
@@ -944,6 +930,7 @@ fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
         );
         client.update(&create, None, &[])?;
     }
+    invalidate_definitions();
     Ok(())
 }
 

@@ -68,6 +68,8 @@ pub struct Deliverer {
     health: Health,
     /// The endpoint of each message, as defined; `None` until loaded.
     endpoints: Option<HashMap<i64, String>>,
+    /// When `endpoints` was loaded.
+    endpoints_loaded: Instant,
     /// Each job in flight: its message and endpoint.
     jobs: HashMap<u64, (i64, String)>,
     next_job: u64,
@@ -81,6 +83,10 @@ pub struct Deliverer {
 /// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
 /// (at four times as many, even with deliveries in flight).
 const VACUUM_AFTER_GROUPS: usize = 20_000;
+
+/// The endpoints of messages are loaded again at least this often: definitions written
+/// without the API (pg_restore's COPY, a superuser's DML) send no invalidation.
+const RELOAD_ENDPOINTS: Duration = Duration::from_secs(10);
 
 /// Up to this many messages allowed, a claim probes the due index for each of them.
 const FEW_MESSAGES: usize = 32;
@@ -163,6 +169,7 @@ impl Deliverer {
             new_rows: NewRows::at_start(),
             health: Health::default(),
             endpoints: None,
+            endpoints_loaded: Instant::now(),
             jobs: HashMap::new(),
             next_job: 0,
             last_report: Instant::now(),
@@ -238,7 +245,10 @@ impl Deliverer {
         });
         // Cleared before the transaction that reads them starts: a definition committed after
         // its snapshot sets it again.
-        if endpoints::definitions_changed() || self.endpoints.is_none() {
+        if endpoints::definitions_changed()
+            || self.endpoints.is_none()
+            || self.endpoints_loaded.elapsed() >= RELOAD_ENDPOINTS
+        {
             let loaded = super::transaction(|| {
                 if !extension_installed() {
                     return None;
@@ -374,6 +384,7 @@ impl Deliverer {
         }
         endpoints::watch_definitions(Some(crate::define::catalog::definitions_table()));
         self.endpoints = Some(map);
+        self.endpoints_loaded = Instant::now();
         Ok(())
     }
 
@@ -533,12 +544,6 @@ impl Deliverer {
     ) {
         let now = Instant::now();
         let allowed = guc::allowed_endpoints();
-        // Requests in flight per endpoint, counted once and kept up to date as batches go.
-        let mut busy: HashMap<String, usize> = self
-            .busy_by_endpoint()
-            .into_iter()
-            .map(|(endpoint, n)| (endpoint.to_string(), n))
-            .collect();
         for batch in batches {
             if !validate::host_allowed(&allowed, &batch.endpoint_url) {
                 // Checked again before every send: the list may have shrunk since definition.
@@ -550,7 +555,11 @@ impl Deliverer {
             let probe = match self.health.allowance(&endpoint, now, settings.slow()) {
                 // Messages to one endpoint were each allowed what the endpoint could take.
                 Allowance::Full
-                    if busy.get(&endpoint).copied().unwrap_or(0)
+                    if self
+                        .busy_by_endpoint()
+                        .get(endpoint.as_str())
+                        .copied()
+                        .unwrap_or(0)
                         >= settings.per_message_slots() =>
                 {
                     self.unsent.extend(batch.rows);
@@ -576,7 +585,6 @@ impl Deliverer {
             self.next_job += 1;
             let id = self.next_job;
             self.health.sent(&endpoint, id, probe, now);
-            *busy.entry(endpoint.clone()).or_default() += 1;
             self.jobs.insert(id, (batch.message_id, endpoint));
             let threads = self
                 .jobs
@@ -668,6 +676,7 @@ struct HeaderValues {
     partner_url: String,
 }
 
+/// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
 /// Those of the messages `allowed` (sorted) that may have groups in the due index: all of
 /// them when they are few, otherwise those a loose scan of the index finds (with thousands of
 /// definitions, probing the index for each would cost every claim more than its work).
@@ -685,7 +694,6 @@ fn in_index(allowed: &[i64]) -> Vec<i64> {
     }
 }
 
-/// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
 fn report_state(state: &'static std::ffi::CStr) {
     thread_local! {
         static SHOWN: std::cell::Cell<*const std::ffi::c_char> = const { std::cell::Cell::new(std::ptr::null()) };

@@ -24,8 +24,7 @@ fn notification_id(number: i64) -> String {
 /// are captured and queued but no worker delivers them. Read through `worker_status()`.
 #[pg_extern]
 fn preloaded() -> bool {
-    // The shared memory exists only when the library was preloaded.
-    crate::deliver::shmem::available()
+    crate::deliver::preloaded()
 }
 
 /// Every database a delivery worker serves or that waits for one (shared memory, so every
