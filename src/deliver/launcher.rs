@@ -36,7 +36,8 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
         shmem::request_delivery(database, &[]);
     }
     let mut last_start: HashMap<u32, Instant> = HashMap::new();
-    let mut deferred: Vec<pg_sys::Oid> = Vec::new();
+    // Databases not started this time, and whether for lack of a background worker process.
+    let mut deferred: Vec<(pg_sys::Oid, bool)> = Vec::new();
     let mut sleep = Duration::ZERO;
     let mut asked_all = Instant::now();
     while BackgroundWorker::wait_latch(Some(sleep)) {
@@ -50,8 +51,8 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
             }
         }
         sleep = IDLE_WAIT;
-        for database in deferred.drain(..) {
-            shmem::start_failed(database);
+        for (database, short_of_processes) in deferred.drain(..) {
+            shmem::start_failed(database, short_of_processes);
         }
         for database in shmem::to_start(guc::max_workers()) {
             let since = last_start.get(&database.to_u32()).map(Instant::elapsed);
@@ -61,14 +62,14 @@ pub extern "C-unwind" fn outbound_msg_launcher_main(_arg: pg_sys::Datum) {
                     sleep = sleep
                         .min(RESTART_PAUSE - since)
                         .max(Duration::from_millis(1));
-                    deferred.push(database);
+                    deferred.push((database, false));
                 }
                 _ => {
                     if start_worker(database) {
                         last_start.insert(database.to_u32(), Instant::now());
                     } else {
                         sleep = sleep.min(RESTART_PAUSE);
-                        deferred.push(database);
+                        deferred.push((database, true));
                     }
                 }
             }

@@ -6,10 +6,10 @@
 //! A worker is woken through its latch when a transaction that queued notifications commits
 //! ([`wake`]); otherwise it sleeps until the next retry is due. It leaves when its database
 //! has nothing queued for `outbound_msg.worker_idle_timeout` (at once if another database waits
-//! for a worker), gives its place up after [`TURN`] when another database waits (finishing
-//! what it has in flight, then waiting for its own next turn), stops when its database loses
-//! the extension, and before DROP DATABASE ([`dropdb`]); if it dies otherwise, the launcher
-//! starts a new one. The postmaster restarts the launcher if it dies.
+//! for a place: see `shmem::others_waiting`), gives its place up after [`TURN`] when another
+//! database waits for one (finishing what it has in flight, then waiting for its own next
+//! turn), stops when its database loses the extension, and before DROP DATABASE ([`dropdb`]);
+//! if it dies otherwise, the launcher starts a new one. The postmaster restarts the launcher if it dies.
 
 mod deliverer;
 mod dropdb;
@@ -105,7 +105,7 @@ pub extern "C-unwind" fn outbound_msg_worker_main(argument: pg_sys::Datum) {
         } else if idle_since.is_none() {
             idle_since = Some(now);
         }
-        let others_wait = shmem::others_waiting(database);
+        let others_wait = shmem::others_waiting(database, guc::max_workers());
         if others_wait && (idle_since.is_some() || now.duration_since(started) >= TURN) {
             // Its place goes to a waiting database once what is in flight has ended.
             deliverer.drain();

@@ -38,6 +38,8 @@ struct Slot {
     /// The launcher started a worker for it (at this time, Unix milliseconds) that has not
     /// attached yet; 0 when none.
     starting_since_ms: u64,
+    /// A start failed since its worker last attached: no background worker process was free.
+    short_of_processes: bool,
     /// The worker is being stopped for DROP DATABASE: it must not be restarted.
     stopping: bool,
     /// A commit already set the worker's latch since its last claim: later commits need not.
@@ -120,6 +122,22 @@ impl Slot {
     /// A worker runs and was already woken since its last claim, or is paused.
     fn needs_no_wake(&self) -> bool {
         self.latch != 0 && (self.woken || self.paused)
+    }
+
+    /// A worker runs for it or is being started: it takes one of `max_workers`.
+    fn takes_a_place(&self) -> bool {
+        self.database != 0 && (self.pid != 0 || self.starting_since_ms != 0)
+    }
+
+    /// It wants a worker and none is running or being started.
+    fn waits(&self) -> bool {
+        self.database != 0 && self.wanted && self.pid == 0 && self.starting_since_ms == 0
+    }
+
+    /// It waits, and only a worker that leaves can make room for it: its place is taken, or
+    /// no background worker process was free.
+    fn waits_for_a_place(&self, places_taken: bool) -> bool {
+        self.waits() && (places_taken || self.short_of_processes)
     }
 }
 
@@ -278,16 +296,8 @@ pub fn to_start(max_workers: usize) -> Vec<pg_sys::Oid> {
             slot.starting_since_ms = 0;
         }
     }
-    let busy = shared
-        .slots
-        .iter()
-        .filter(|s| s.database != 0 && (s.pid != 0 || s.starting_since_ms != 0))
-        .count();
-    let mut waiting: Vec<&mut Slot> = shared
-        .slots
-        .iter_mut()
-        .filter(|s| s.database != 0 && s.wanted && s.pid == 0 && s.starting_since_ms == 0)
-        .collect();
+    let busy = shared.slots.iter().filter(|s| s.takes_a_place()).count();
+    let mut waiting: Vec<&mut Slot> = shared.slots.iter_mut().filter(|s| s.waits()).collect();
     waiting.sort_unstable_by_key(|s| s.wanted_turn);
     waiting
         .into_iter()
@@ -299,11 +309,13 @@ pub fn to_start(max_workers: usize) -> Vec<pg_sys::Oid> {
         .collect()
 }
 
-/// The launcher could not start a worker for `database`: it waits on.
-pub fn start_failed(database: pg_sys::Oid) {
+/// The launcher did not start a worker for `database` (too soon after the last, or
+/// `short_of_processes`: no background worker process was free): it waits on.
+pub fn start_failed(database: pg_sys::Oid, short_of_processes: bool) {
     let mut shared = SHARED.exclusive();
     if let Some(slot) = slot_of(&mut shared.slots, database.to_u32(), false) {
         slot.starting_since_ms = 0;
+        slot.short_of_processes |= short_of_processes;
     }
 }
 
@@ -312,13 +324,16 @@ pub fn take_overflowed() -> bool {
     std::mem::take(&mut SHARED.exclusive().overflowed)
 }
 
-/// Whether another database waits for a worker.
-pub fn others_waiting(database: pg_sys::Oid) -> bool {
-    SHARED
-        .share()
+/// Whether another database waits for a worker that only a worker leaving can make room for
+/// (see [`Slot::waits_for_a_place`]). While there is room the launcher starts the waiting
+/// database's worker beside this one, which need not leave.
+pub fn others_waiting(database: pg_sys::Oid, max_workers: usize) -> bool {
+    let shared = SHARED.share();
+    let taken = shared.slots.iter().filter(|s| s.takes_a_place()).count() >= max_workers;
+    shared
         .slots
         .iter()
-        .any(|s| s.database != 0 && s.database != database.to_u32() && s.wanted && s.pid == 0)
+        .any(|s| s.database != database.to_u32() && s.waits_for_a_place(taken))
 }
 
 /// One database's slot, as `outbound_msg.workers` shows it.
@@ -358,6 +373,7 @@ pub fn attach_worker(database: pg_sys::Oid) -> bool {
             slot.latch = my_latch();
             slot.wanted = false;
             slot.starting_since_ms = 0;
+            slot.short_of_processes = false;
             slot.stopping = false;
             // The worker sweeps the queue first: what was announced before is in the sweep.
             slot.fresh.take();

@@ -2,6 +2,8 @@
 is served, CREATE EXTENSION needs no restart, commits wake the worker, dead workers come
 back, DROP DATABASE is never blocked, and a standby sends nothing until it is promoted."""
 
+import os
+import signal
 import time
 
 import psycopg
@@ -362,6 +364,39 @@ def test_more_databases_than_workers_are_all_served_in_turn(cluster, db, databas
             conn.close()
         for listener in listeners:
             listener.stop()
+
+
+def test_a_worker_with_retries_pending_keeps_its_place_while_places_are_free(database):
+    """At the default max_workers (4), a database waiting for its worker does not make an idle
+    worker of another database leave: there is room for both. (They took turns before: the
+    worker with retries pending left, and a new database's worker could be gone again before
+    anyone saw it.)"""
+    retrying = database("keeps_retrying")
+    quiet = None
+    try:
+        serve(retrying, "http://127.0.0.1:9/")
+        retrying.execute("INSERT INTO w VALUES (1, 'x')")
+
+        def attempts():
+            return retrying.execute("SELECT coalesce(sum(attempts), 0) FROM outbound_msg.queue"
+                                    ).fetchone()[0]
+
+        wait_for(lambda: attempts() >= 1, what="a first failed attempt")
+        retrying_worker = wait_for(lambda: worker_pid(retrying), what="the retrying worker")
+        quiet = database("keeps_quiet")
+        quiet_worker = wait_for(lambda: worker_pid(quiet), what="a worker for the new database")
+        # Its replacement waits out the launcher's restart pause (2 s): the retrying worker
+        # looks at least once meanwhile.
+        os.kill(quiet_worker, signal.SIGTERM)
+        wait_for(lambda: worker_pid(quiet) not in (None, quiet_worker),
+                 what="the replaced worker of the new database")
+        seen = attempts()
+        wait_for(lambda: attempts() >= seen + 2, what="two more retries")
+        assert worker_pid(retrying) == retrying_worker, "the retrying database kept its worker"
+    finally:
+        retrying.close()
+        if quiet:
+            quiet.close()
 
 
 def test_a_database_waiting_for_a_worker_is_visible(cluster, db, database, reload_with):
