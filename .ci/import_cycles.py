@@ -20,26 +20,28 @@ def resolve(path, here):
         if cand in files: return cand
     return None
 edges = {m: set() for m in files}
+PATH = re.compile(r"\b(crate|super)::((?:[a-z_0-9]+::)*)(\{[^}]*\}|[A-Za-z_0-9]+)")
 for mod, p in files.items():
-    text = open(p).read()
-    text = re.sub(r"\bmod tests \{.*", "", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
+    text = re.sub(r"//[^\n]*", "", open(p).read())
+    # A file's `mod tests` block counts too; there `super::` is the file's own module.
+    code, _, tests = text.partition("mod tests {")
     parent = mod.rsplit("::", 1)[0] if "::" in mod else ""
-    for m in re.finditer(r"\b(crate|super)::((?:[a-z_0-9]+::)*)(\{[^}]*\}|[A-Za-z_0-9]+)", text):
-        kind, prefix, last = m.group(1), m.group(2), m.group(3)
-        base = "" if kind == "crate" else parent
-        if last.startswith("{"):
-            names = [prefix + x.strip() for x in last[1:-1].split(",")]
-        else:
-            names = [prefix + last]
-        for n in names:
-            n = n.split(" as ")[0].strip()
-            n = re.sub(r"::self$", "", n)
-            if not n or n == "self" or n.endswith("::"): continue
-            full = (base + "::" + n).strip(":") if base else n
-            t = resolve(full, mod)
-            if t is not None and t != mod and t != "":
-                edges[mod].add(t)
+    for part, super_base in [(code, parent), (tests, mod)]:
+        for m in PATH.finditer(part):
+            kind, prefix, last = m.group(1), m.group(2), m.group(3)
+            base = "" if kind == "crate" else super_base
+            if last.startswith("{"):
+                names = [prefix + x.strip() for x in last[1:-1].split(",")]
+            else:
+                names = [prefix + last]
+            for n in names:
+                n = re.sub(r"::self$", "", n.split(" as ")[0].strip())
+                if not n or n == "self" or n.endswith("::"):
+                    continue
+                full = (base + "::" + n).strip(":") if base else n
+                t = resolve(full, mod)
+                if t is not None and t != mod and t != "":
+                    edges[mod].add(t)
 # cycles via Tarjan
 index, low, stack, on, sccs, i = {}, {}, [], set(), [], [0]
 def sc(v):

@@ -544,6 +544,12 @@ impl Deliverer {
     ) {
         let now = Instant::now();
         let allowed = guc::allowed_endpoints();
+        // Requests in flight per endpoint, counted once and kept up to date as batches go.
+        let mut busy: HashMap<String, usize> = self
+            .busy_by_endpoint()
+            .into_iter()
+            .map(|(endpoint, n)| (endpoint.to_string(), n))
+            .collect();
         for batch in batches {
             if !validate::host_allowed(&allowed, &batch.endpoint_url) {
                 // Checked again before every send: the list may have shrunk since definition.
@@ -555,11 +561,7 @@ impl Deliverer {
             let probe = match self.health.allowance(&endpoint, now, settings.slow()) {
                 // Messages to one endpoint were each allowed what the endpoint could take.
                 Allowance::Full
-                    if self
-                        .busy_by_endpoint()
-                        .get(endpoint.as_str())
-                        .copied()
-                        .unwrap_or(0)
+                    if busy.get(&endpoint).copied().unwrap_or(0)
                         >= settings.per_message_slots() =>
                 {
                     self.unsent.extend(batch.rows);
@@ -585,6 +587,7 @@ impl Deliverer {
             self.next_job += 1;
             let id = self.next_job;
             self.health.sent(&endpoint, id, probe, now);
+            *busy.entry(endpoint.clone()).or_default() += 1;
             self.jobs.insert(id, (batch.message_id, endpoint));
             let threads = self
                 .jobs
@@ -676,7 +679,6 @@ struct HeaderValues {
     partner_url: String,
 }
 
-/// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
 /// Those of the messages `allowed` (sorted) that may have groups in the due index: all of
 /// them when they are few, otherwise those a loose scan of the index finds (with thousands of
 /// definitions, probing the index for each would cost every claim more than its work).
@@ -694,6 +696,7 @@ fn in_index(allowed: &[i64]) -> Vec<i64> {
     }
 }
 
+/// Shows the worker's state in `pg_stat_activity.query`: idle, delivering or paused.
 fn report_state(state: &'static std::ffi::CStr) {
     thread_local! {
         static SHOWN: std::cell::Cell<*const std::ffi::c_char> = const { std::cell::Cell::new(std::ptr::null()) };

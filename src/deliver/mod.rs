@@ -38,14 +38,6 @@ const LAUNCHER_RESTART: Duration = Duration::from_secs(5);
 
 /// Cleared when a worker leaves with nothing left to do (its database has no extension, or
 /// nothing queued): no replacement then, until the next request.
-/// Whether the library was loaded by `shared_preload_libraries` (inherited by every process
-/// the postmaster forks): only then is there a launcher and are there workers.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
-
-pub fn preloaded() -> bool {
-    PRELOADED.load(Ordering::Relaxed)
-}
-
 static REPLACE_ON_EXIT: AtomicBool = AtomicBool::new(true);
 
 /// How long a worker serves its database while another database waits for a worker.
@@ -59,7 +51,6 @@ pub fn register() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
-    PRELOADED.store(true, Ordering::Relaxed);
     shmem::init();
     dropdb::install();
     BackgroundWorkerBuilder::new("outbound_msg launcher")

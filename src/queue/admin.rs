@@ -24,7 +24,8 @@ fn notification_id(number: i64) -> String {
 /// are captured and queued but no worker delivers them. Read through `worker_status()`.
 #[pg_extern]
 fn preloaded() -> bool {
-    crate::deliver::preloaded()
+    // The shared memory exists only when the library was preloaded.
+    crate::deliver::shmem::available()
 }
 
 /// Every database a delivery worker serves or that waits for one (shared memory, so every

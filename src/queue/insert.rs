@@ -514,7 +514,7 @@ unsafe fn layout(desc: pg_sys::TupleDesc) -> Result<(Vec<Option<Column>>, bool)>
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use pgrx::prelude::*;
+    use super::*;
 
     #[pg_test]
     fn text_arrays_are_laid_out_as_postgres_builds_them() {
@@ -536,9 +536,8 @@ mod tests {
         ];
         for items in cases {
             // SAFETY: inside a transaction; the datum lives in the current memory context.
-            let ours = unsafe {
-                crate::unguarded::boundary(|| super::text_array(items.iter().map(String::as_str)))
-            };
+            let ours =
+                unsafe { unguarded::boundary(|| text_array(items.iter().map(String::as_str))) };
             let same = Spi::get_one_with_args::<bool>(
                 "SELECT $1::text[] = $2::text[] AND array_length($1, 1) IS NOT DISTINCT FROM
                         array_length($2, 1) AND array_lower($1, 1) IS NOT DISTINCT FROM
@@ -583,7 +582,7 @@ mod tests {
                 "SELECT pg_get_expr(indpred, indrelid) FROM pg_index
                   WHERE indexrelid = 'outbound_msg.queue_due'::regclass"
             ),
-            Ok(Some(super::NOT_NEW.to_string()))
+            Ok(Some(NOT_NEW.to_string()))
         );
     }
 

@@ -17,22 +17,22 @@ pub mod insert;
 pub mod new_rows;
 mod plans;
 
-pub use groups::{Groups, TextAt, GROUP_BYTES, GROUP_LIMIT};
-use new_rows::{tids_at, RowAddress};
-use plans::{kept_update, ACKNOWLEDGE, CLAIM, RECORD_FAILURE};
-
-/// The claim's statement (see [`claim`]).
-const CLAIM_SQL: &str = include_str!("claim.sql");
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+pub use groups::{Groups, TextAt, GROUP_BYTES, GROUP_LIMIT};
+use new_rows::{tids_at, RowAddress};
+use plans::{kept_update, ACKNOWLEDGE, CLAIM, RECORD_FAILURE};
+
 use crate::deliver::wake;
 use crate::error::Result;
 use crate::secrets;
+
+/// The claim's statement (see [`claim`]).
+const CLAIM_SQL: &str = include_str!("claim.sql");
 
 /// The number of notification `position` (from 0) of queue row `row`.
 pub fn notification_number(row: i64, position: usize) -> u64 {

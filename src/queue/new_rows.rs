@@ -128,6 +128,10 @@ pub struct NewRow {
 
 /// Those of the rows at `addresses` that are still new (no claim took them).
 pub fn still_new(addresses: &[RowAddress]) -> Result<Vec<NewRow>> {
+    if addresses.is_empty() {
+        // Most steps offer nothing: no query then.
+        return Ok(Vec::new());
+    }
     let tids = tids_at(addresses);
     Spi::connect(|client| {
         client
@@ -387,50 +391,49 @@ impl NewRows {
         allowed: &[i64],
         prepared_since: bool,
     ) -> Result<()> {
-        let next = self;
         let offered_set: HashSet<RowAddress> = offered.iter().copied().collect();
-        next.listed
+        self.listed
             .retain(|group| !offered_set.contains(&group.address));
         let (waiting, kept): (Vec<_>, Vec<_>) = still_new(offered)?
             .into_iter()
             .partition(|group| allowed.binary_search(&group.message_id).is_err());
         let to_index: Vec<RowAddress> = waiting.iter().map(|group| group.address).collect();
-        next.listed.extend(kept.iter().map(Listed::of));
-        if next.listed.len() > MOST_LISTED {
-            let excess: Vec<RowAddress> = next
+        self.listed.extend(kept.iter().map(Listed::of));
+        if self.listed.len() > MOST_LISTED {
+            let excess: Vec<RowAddress> = self
                 .listed
                 .drain(MOST_LISTED..)
                 .map(|g| g.address)
                 .collect();
-            next.index(&excess)?;
+            self.index(&excess)?;
         }
-        next.index(&to_index)?;
+        self.index(&to_index)?;
 
-        if next.prepared || prepared_since {
+        if self.prepared || prepared_since {
             // Checked after the mark was taken, and swept after the check: a prepared
             // transaction either still waits here, or its groups are visible to the sweep.
-            next.prepared = transactions_prepared()?;
-            let due = next
+            self.prepared = transactions_prepared()?;
+            let due = self
                 .last_prepared_sweep
                 .is_none_or(|last| last.elapsed() >= RETRY_INTERVAL);
-            if due || !next.prepared {
-                next.sweep_from = Some(0);
-                next.last_prepared_sweep = Some(Instant::now());
+            if due || !self.prepared {
+                self.sweep_from = Some(0);
+                self.last_prepared_sweep = Some(Instant::now());
             }
         }
-        if next.sweep_from.is_none() && next.last_full_sweep.elapsed() >= FULL_SWEEP_INTERVAL {
-            next.sweep_from = Some(0);
+        if self.sweep_from.is_none() && self.last_full_sweep.elapsed() >= FULL_SWEEP_INTERVAL {
+            self.sweep_from = Some(0);
         }
-        if next.sweep_from == Some(0) {
-            next.last_full_sweep = Instant::now();
+        if self.sweep_from == Some(0) {
+            self.last_full_sweep = Instant::now();
         }
         // A sweep lists more only as claims take what it listed.
-        next.just_listed = false;
-        if let Some(block) = next.sweep_from.filter(|_| next.listed.len() < SWEEP_STEP) {
+        self.just_listed = false;
+        if let Some(block) = self.sweep_from.filter(|_| self.listed.len() < SWEEP_STEP) {
             let (found, more_from) = sweep(block, SWEEP_STEP)?;
-            next.just_listed = !found.is_empty();
-            next.listed.extend(found.into_iter().map(Listed::announced));
-            next.sweep_from = more_from;
+            self.just_listed = !found.is_empty();
+            self.listed.extend(found.into_iter().map(Listed::announced));
+            self.sweep_from = more_from;
         }
         Ok(())
     }
