@@ -259,6 +259,15 @@ CREATE EVENT TRIGGER outbound_msg_check_altered_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION outbound_msg.check_altered_tables();
 
+-- Every write of definitions, whoever makes it (the SQL API, the DDL event trigger,
+-- pg_restore's COPY, a superuser's own DML), makes capture in every backend and the delivery
+-- worker look them up again.
+CREATE TRIGGER definitions_written AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON outbound_msg.message FOR EACH STATEMENT
+    EXECUTE FUNCTION outbound_msg.definitions_written();
+COMMENT ON FUNCTION outbound_msg.definitions_written() IS
+    'Statement trigger of outbound_msg.message: every backend looks definitions up again';
+
 -- How delivery stands in this database, for a DBA wondering why no listener hears anything.
 CREATE FUNCTION outbound_msg.worker_status(
     OUT preloaded boolean, OUT launcher_pid integer, OUT worker_pid integer,

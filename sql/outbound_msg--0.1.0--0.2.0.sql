@@ -106,6 +106,18 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION outbound_msg.definitions_written() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'definitions_written_wrapper';
+REVOKE ALL ON FUNCTION outbound_msg.definitions_written() FROM PUBLIC;
+-- Every write of definitions, whoever makes it (the SQL API, the DDL event trigger,
+-- pg_restore's COPY, a superuser's own DML), makes capture in every backend and the delivery
+-- worker look them up again.
+CREATE TRIGGER definitions_written AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON outbound_msg.message FOR EACH STATEMENT
+    EXECUTE FUNCTION outbound_msg.definitions_written();
+COMMENT ON FUNCTION outbound_msg.definitions_written() IS
+    'Statement trigger of outbound_msg.message: every backend looks definitions up again';
+
 -- Definitions and client certificates are dumped with the database; the queue is not.
 SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message', '');
 SELECT pg_catalog.pg_extension_config_dump('outbound_msg.message_id_seq', '');

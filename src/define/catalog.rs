@@ -884,6 +884,23 @@ pub fn definitions_table() -> pg_sys::Oid {
     extension_relation(c"message")
 }
 
+/// The definitions table's statement trigger, in a module of its own: pgrx's macro names
+/// `Result`, which this file's error alias would shadow.
+mod written {
+    use pgrx::prelude::*;
+
+    /// Statement trigger of `outbound_msg.message` (sql/finalize.sql): definitions written
+    /// round the SQL API (pg_restore's COPY, a superuser's own DML) reach every backend's
+    /// capture and the delivery worker as the API's own writes do.
+    #[pg_trigger]
+    fn definitions_written<'a>(
+        _trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+        super::invalidate_definitions();
+        Ok(None)
+    }
+}
+
 /// Tells every backend, at commit, that definitions changed (a relcache invalidation of the
 /// definitions table reaches them all), and this one at once.
 fn invalidate_definitions() {

@@ -20,7 +20,7 @@ RELEASED = {
     "outbound_msg--0.1.0.sql":
         "6b8e4f45770a44e674b55017fd96fda2ea2484c1be7c613a32aed1e822da5a0a",
     "outbound_msg--0.1.0--0.2.0.sql":
-        "2f280b069eca3e10c4e6127e25b9903fb63760f66495698c94839988b4b6079c",
+        "f05faee24c0537818cfa8e97fa12368789d19d88ccf092bfc4ea690de55ff57f",
 }
 
 # Pure helpers (and internal ones of the DDL event triggers): STRICT, so NULL in gives NULL
@@ -68,10 +68,14 @@ def catalog_of(db):
         "FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
         "FROM pg_class c WHERE c.relnamespace = 'outbound_msg'::regnamespace ORDER BY 1"
     ).fetchall()
+    triggers = db.execute(
+        "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+        "WHERE t.tgrelid IN (SELECT oid FROM pg_class "
+        "WHERE relnamespace = 'outbound_msg'::regnamespace) ORDER BY 1").fetchall()
     dumped = db.execute(
         "SELECT array(SELECT unnest(extconfig)::regclass::text ORDER BY 1) FROM pg_extension "
         "WHERE extname = 'outbound_msg'").fetchone()
-    return members, functions, relations, dumped
+    return members, functions, relations, triggers, dumped
 
 
 def test_update_from_0_1_0_delivers_the_queue_and_matches_a_fresh_install(cluster, fresh_db,
@@ -113,7 +117,7 @@ def test_update_from_0_1_0_delivers_the_queue_and_matches_a_fresh_install(cluste
     finally:
         with cluster.connect() as admin:
             admin.execute("DROP DATABASE IF EXISTS lifecycle_fresh WITH (FORCE)")
-    for name, got, want in zip(["members", "functions", "relations", "dumped tables"],
+    for name, got, want in zip(["members", "functions", "relations", "triggers", "dumped tables"],
                                updated, installed):
         assert got == want, f"the updated extension's {name} differ from a fresh install's"
 
@@ -282,6 +286,33 @@ def test_drop_of_a_message_with_a_queue_says_how_many_were_discarded(db):
             ['outbound message "D" dropped with 3 queued notifications discarded']
     finally:
         db.execute("DROP TABLE dropped")
+
+
+def test_a_definition_written_outside_the_api_is_captured_and_delivered(cluster, db, listener):
+    """pg_restore's COPY or a superuser's own INSERT into outbound_msg.message goes round the
+    SQL API: the table's statement trigger still tells capture, in every backend, and the
+    running worker to look definitions up again."""
+    db.execute("DROP TABLE IF EXISTS dml_t")
+    db.execute("CREATE TABLE dml_t (id int PRIMARY KEY, v text)")
+    other = Listener()
+    try:
+        db.execute("SELECT outbound_msg.create_message('dml_t', 'DmlA', 'DmlA', %s, "
+                   "ARRAY['v'], 'postgres')", (listener.url,))
+        with cluster.connect() as writer:
+            # A backend whose capture has read the definitions, and a worker that has too.
+            writer.execute("INSERT INTO dml_t VALUES (1, 'through the api')")
+            wait_for(lambda: listener.notifications(), what="the first delivery")
+            db.execute("INSERT INTO outbound_msg.message (object, name, unique_name, "
+                       "endpoint_url, fields, send_as, evaluate, key_column) "
+                       "SELECT object, 'Copied', 'Copied', %s, fields, send_as, evaluate, "
+                       "key_column FROM outbound_msg.message WHERE unique_name = 'DmlA'",
+                       (other.url,))
+            writer.execute("INSERT INTO dml_t VALUES (2, 'after the copy')")
+        wait_for(lambda: [n["fields"]["Id"] for n in other.notifications()] == ["2"],
+                 what="the copied definition's notification delivered")
+    finally:
+        db.execute("DROP TABLE dml_t")
+        other.stop()
 
 
 def pg_tool(cluster, tool, *args):
