@@ -68,8 +68,6 @@ pub struct Deliverer {
     health: Health,
     /// The endpoint of each message, as defined; `None` until loaded.
     endpoints: Option<HashMap<i64, String>>,
-    /// When `endpoints` was loaded.
-    endpoints_loaded: Instant,
     /// Each job in flight: its message and endpoint.
     jobs: HashMap<u64, (i64, String)>,
     next_job: u64,
@@ -83,10 +81,6 @@ pub struct Deliverer {
 /// Groups claimed after which the worker vacuums the queue itself, when nothing is in flight
 /// (at four times as many, even with deliveries in flight).
 const VACUUM_AFTER_GROUPS: usize = 20_000;
-
-/// The endpoints of messages are loaded again at least this often: definitions written
-/// without the API (pg_restore's COPY, a superuser's DML) send no invalidation.
-const RELOAD_ENDPOINTS: Duration = Duration::from_secs(10);
 
 /// Up to this many messages allowed, a claim probes the due index for each of them.
 const FEW_MESSAGES: usize = 32;
@@ -169,7 +163,6 @@ impl Deliverer {
             new_rows: NewRows::at_start(),
             health: Health::default(),
             endpoints: None,
-            endpoints_loaded: Instant::now(),
             jobs: HashMap::new(),
             next_job: 0,
             last_report: Instant::now(),
@@ -245,10 +238,7 @@ impl Deliverer {
         });
         // Cleared before the transaction that reads them starts: a definition committed after
         // its snapshot sets it again.
-        if endpoints::definitions_changed()
-            || self.endpoints.is_none()
-            || self.endpoints_loaded.elapsed() >= RELOAD_ENDPOINTS
-        {
+        if endpoints::definitions_changed() || self.endpoints.is_none() {
             let loaded = super::transaction(|| {
                 if !extension_installed() {
                     return None;
@@ -384,7 +374,6 @@ impl Deliverer {
         }
         endpoints::watch_definitions(Some(crate::define::catalog::definitions_table()));
         self.endpoints = Some(map);
-        self.endpoints_loaded = Instant::now();
         Ok(())
     }
 
