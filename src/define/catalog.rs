@@ -187,7 +187,6 @@ fn alter_message(
             caller,
         )?;
         update(client, id, &checked)?;
-        invalidate_definitions();
         Ok(())
     })
 }
@@ -232,7 +231,6 @@ fn drop_message(
             );
             client.update(&drop, None, &[])?;
         }
-        invalidate_definitions();
         Ok(())
     })
 }
@@ -269,7 +267,6 @@ fn set_active(
             None,
             &[stored.id.into(), active.into()],
         )?;
-        invalidate_definitions();
         Ok(())
     })
 }
@@ -836,7 +833,9 @@ fn insert(client: &mut SpiClient, checked: &Checked) -> Result<i64> {
                   evaluate, criteria, protected, client_certificate, active, key_column, created_by)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::regrole::name)
              RETURNING id",
-            Some(1),
+            // No row limit: a statement SPI stops at a limit does not end, and the table's
+            // statement trigger (which tells every backend of the new definition) never fires.
+            None,
             &args,
         )?
         .first()
@@ -902,7 +901,8 @@ mod written {
 }
 
 /// Tells every backend, at commit, that definitions changed (a relcache invalidation of the
-/// definitions table reaches them all), and this one at once.
+/// definitions table reaches them all), and this one at once. Called by the table's statement
+/// trigger, for every write of definitions.
 fn invalidate_definitions() {
     let table = definitions_table();
     if table != pg_sys::InvalidOid {
@@ -947,7 +947,6 @@ fn install_trigger(client: &mut SpiClient, table: &str) -> Result<()> {
         );
         client.update(&create, None, &[])?;
     }
-    invalidate_definitions();
     Ok(())
 }
 
