@@ -449,13 +449,18 @@ pub fn detach_worker(database: pg_sys::Oid, restart: bool) {
 }
 
 /// Stops the worker of `database`, if one runs, so that DROP DATABASE is not blocked by its
-/// connection; returns its pid. It will not be restarted.
+/// connection; returns its pid. It will not be restarted. A slot with no worker running or
+/// starting is freed at once: no worker would ever leave it.
 pub fn stop_worker(database: pg_sys::Oid) -> Option<i32> {
     if !available() {
         return None;
     }
     let mut shared = SHARED.exclusive();
     let slot = slot_of(&mut shared.slots, database.to_u32(), false)?;
+    if !slot.takes_a_place() {
+        *slot = Slot::default();
+        return None;
+    }
     slot.stopping = true;
     slot.wanted = false;
     (slot.pid != 0).then_some(slot.pid)

@@ -424,6 +424,33 @@ def test_a_database_waiting_for_a_worker_is_visible(cluster, db, database, reloa
         waiting_listener.stop()
 
 
+def test_a_database_dropped_while_waiting_for_a_worker_leaves_no_trace(cluster, db, database,
+                                                                      reload_with):
+    """A database that waited for a place when it was dropped does not stay in
+    outbound_msg.workers (nor hold one of the 64 slots) for good."""
+    reload_with(max_workers="1", batch_size="1")  # the busy database stays busy for seconds
+    busy_listener = Listener(lambda _request: (time.sleep(1.5), (200, ACK))[1])
+    busy, waiting = database("drop_busy"), database("drop_waiting")
+    try:
+        serve(busy, busy_listener.url)
+        serve(waiting, "http://127.0.0.1:9/")
+        busy.execute("INSERT INTO w SELECT g, 'b' FROM generate_series(1, 20) g")
+        wait_for(lambda: busy_listener.requests, what="the busy database served")
+        waiting.execute("INSERT INTO w VALUES (1, 'w')")
+        wait_for(lambda: db.execute("SELECT 1 FROM outbound_msg.workers "
+                                    "WHERE database = 'drop_waiting' AND state = 'waiting'"
+                                    ).fetchone(), what="the waiting database shown")
+        waiting.close()
+        db.execute("DROP DATABASE drop_waiting")
+        assert db.execute("SELECT state FROM outbound_msg.workers WHERE database IS NULL"
+                          ).fetchall() == [], "no slot left for the dropped database"
+        wait_for(lambda: len(busy_listener.notifications()) == 20,
+                 what="the busy database's twenty")
+    finally:
+        busy.close()
+        busy_listener.stop()
+
+
 def test_an_idle_worker_leaves_and_the_next_commit_brings_one_back(database, listener,
                                                                  reload_with):
     reload_with(worker_idle_timeout="1s")
