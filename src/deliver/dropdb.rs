@@ -1,7 +1,8 @@
 //! `DROP DATABASE` and `ALTER DATABASE ... RENAME` need the database free of connections. A
 //! ProcessUtility hook, present in every backend because the library is preloaded, stops that
-//! database's worker first and waits for it to leave; if the command's transaction then
-//! aborts, the database asks for a worker again.
+//! database's worker first and waits for it to leave. A database that still exists afterwards
+//! (renamed, or its command's transaction aborted) asks for a worker again: the worker looks
+//! at its queue, and leaves at once if nothing is there.
 //!
 //! The hook passes every command, and every ERROR a command raises, through unchanged: it
 //! calls the next hook without a guard, so an ERROR is never caught and raised again by Rust.
@@ -20,10 +21,17 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 
+/// What a command that needs its database free of connections does to it.
+#[derive(Clone, Copy)]
+enum Command {
+    Drop,
+    Rename,
+}
+
 thread_local! {
     /// The database whose worker this backend stopped for a command of the current
-    /// transaction: asked for again if the transaction aborts.
-    static STOPPED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    /// transaction, and the command: asked for again if the database still exists at the end.
+    static STOPPED: Cell<Option<(pg_sys::Oid, Command)>> = const { Cell::new(None) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -71,18 +79,19 @@ unsafe extern "C-unwind" fn process_utility(
 #[pg_guard]
 unsafe extern "C-unwind" fn free_database_for(statement: *mut pg_sys::PlannedStmt) {
     // SAFETY: the statement being executed.
-    let Some(database) = (unsafe { database_needing_no_connections(statement) }) else {
+    let Some((database, command)) = (unsafe { database_needing_no_connections(statement) }) else {
         return;
     };
     if !CALLBACK_REGISTERED.replace(true) {
         // SAFETY: registers a callback that lives as long as the library.
         unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
     }
-    STOPPED.set(Some(database));
+    STOPPED.set(Some((database, command)));
     stop_worker(database);
 }
 
-/// A database whose command failed still exists: it gets a worker again.
+/// A database that was renamed, or whose command failed, still exists: it gets a worker
+/// again (queued retries would otherwise wait for the next commit that queues something).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(
     event: pg_sys::XactEvent::Type,
@@ -91,35 +100,43 @@ unsafe extern "C-unwind" fn on_transaction_end(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            if let Some(database) = STOPPED.take() {
+            if let Some((database, _)) = STOPPED.take() {
                 shmem::request_delivery(database, &[]);
             }
         }
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            if let Some((database, Command::Rename)) = STOPPED.take() {
+                shmem::request_delivery(database, &[]);
+            }
+        }
+        XACT_EVENT_PREPARE => {
             STOPPED.set(None);
         }
         _ => {}
     }
 }
 
-/// The database a DROP DATABASE or ALTER DATABASE ... RENAME statement names, if it exists.
+/// The database a DROP DATABASE or ALTER DATABASE ... RENAME statement names, if it exists,
+/// and which command it is.
 unsafe fn database_needing_no_connections(
     statement: *mut pg_sys::PlannedStmt,
-) -> Option<pg_sys::Oid> {
+) -> Option<(pg_sys::Oid, Command)> {
     // SAFETY: the node tag tells which statement struct the node is.
     unsafe {
         let node = (*statement).utilityStmt;
         if node.is_null() {
             return None;
         }
-        let name = match (*node).type_ {
-            pg_sys::NodeTag::T_DropdbStmt => (*node.cast::<pg_sys::DropdbStmt>()).dbname,
+        let (name, command) = match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => {
+                ((*node.cast::<pg_sys::DropdbStmt>()).dbname, Command::Drop)
+            }
             pg_sys::NodeTag::T_RenameStmt => {
                 let rename = &*node.cast::<pg_sys::RenameStmt>();
                 if rename.renameType != pg_sys::ObjectType::OBJECT_DATABASE {
                     return None;
                 }
-                rename.subname
+                (rename.subname, Command::Rename)
             }
             _ => return None,
         };
@@ -127,7 +144,7 @@ unsafe fn database_needing_no_connections(
             return None;
         }
         let oid = pg_sys::get_database_oid(CStr::from_ptr(name).as_ptr(), true);
-        (oid != pg_sys::InvalidOid).then_some(oid)
+        (oid != pg_sys::InvalidOid).then_some((oid, command))
     }
 }
 

@@ -451,6 +451,32 @@ def test_a_database_dropped_while_waiting_for_a_worker_leaves_no_trace(cluster, 
         busy_listener.stop()
 
 
+def test_a_renamed_database_is_served_again_without_a_new_commit(cluster, db, database):
+    """ALTER DATABASE ... RENAME stops the database's worker (it needs the database free of
+    connections); afterwards a worker serves the database again, so its queued retries are
+    delivered though nothing new is committed."""
+    answers = {"ok": False}
+    listener = Listener(lambda r: (200, ACK) if answers["ok"] else (500, b"<fault/>"))
+    conn = database("to_rename")
+    try:
+        serve(conn, listener.url)
+        conn.execute("INSERT INTO w VALUES (1, 'x')")
+        wait_for(lambda: listener.requests, what="a first, failed attempt")
+        conn.close()
+        db.execute("DROP DATABASE IF EXISTS renamed_db")
+        db.execute("ALTER DATABASE to_rename RENAME TO renamed_db")
+        answers["ok"] = True
+        failed = len(listener.requests)
+        wait_for(lambda: len(listener.requests) > failed, what="the retry after the rename")
+        with cluster.connect(dbname="renamed_db") as renamed:
+            wait_for(lambda: renamed.execute("SELECT count(*) = 0 FROM outbound_msg.queue"
+                                             ).fetchone()[0], what="the acknowledgement")
+    finally:
+        conn.close()
+        listener.stop()
+        db.execute("DROP DATABASE IF EXISTS renamed_db")
+
+
 def test_an_idle_worker_leaves_and_the_next_commit_brings_one_back(database, listener,
                                                                  reload_with):
     reload_with(worker_idle_timeout="1s")
