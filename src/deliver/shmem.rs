@@ -294,6 +294,10 @@ pub fn to_start(max_workers: usize) -> Vec<pg_sys::Oid> {
         if slot.starting_since_ms != 0 && now.saturating_sub(slot.starting_since_ms) > START_WAIT_MS
         {
             slot.starting_since_ms = 0;
+            if slot.stopping && !slot.wanted {
+                // Its database was dropped before the worker could attach: nothing is left.
+                *slot = Slot::default();
+            }
         }
     }
     let busy = shared.slots.iter().filter(|s| s.takes_a_place()).count();
