@@ -618,7 +618,7 @@ fn check_unique_name_is_free(
     table: &str,
     id: Option<i64>,
 ) -> Result<()> {
-    let taken = client
+    let free = client
         .select(
             "SELECT 1 FROM outbound_msg.message
               WHERE object = $1 AND unique_name = $2 AND id IS DISTINCT FROM $3",
@@ -629,9 +629,8 @@ fn check_unique_name_is_free(
                 id.into(),
             ],
         )?
-        .len()
-        > 0;
-    if taken {
+        .is_empty();
+    if !free {
         return Err(Error::new(
             Kind::DuplicateObject,
             format!(
