@@ -248,7 +248,10 @@ impl Deliverer {
             match loaded {
                 Some(None) => return None,
                 Some(Some(Ok(()))) => {}
-                _ => return Some(Duration::from_secs(1)),
+                _ => {
+                    endpoints::definitions_still_changed();
+                    return Some(Duration::from_secs(1));
+                }
             }
         }
         let now = Instant::now();

@@ -27,6 +27,11 @@ pub fn definitions_changed() -> bool {
     CHANGED.replace(false)
 }
 
+/// Keeps definitions marked as changed: loading them failed, the next step tries again.
+pub fn definitions_still_changed() {
+    CHANGED.set(true);
+}
+
 /// Whether definitions changed since [`definitions_changed`] last cleared it.
 pub fn definitions_changed_pending() -> bool {
     CHANGED.get()

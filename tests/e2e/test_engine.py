@@ -58,8 +58,14 @@ def test_a_failing_listener_is_recorded_retried_and_holds_up_no_one(db, table, l
         db.execute("INSERT INTO engine_t VALUES (1, 'one')")
 
         wait_for(lambda: listener.notifications(), what="the working endpoint's delivery")
-        rows = wait_for(lambda: [r for r in status_of(db, bad) if r[1] >= 2 and r[2]],
-                        timeout=60, what=f"{case}: a recorded, retried failure")
+        try:
+            rows = wait_for(lambda: [r for r in status_of(db, bad) if r[1] >= 2 and r[2]],
+                            timeout=60, what=f"{case}: a recorded, retried failure")
+        except AssertionError as timed_out:
+            # What the queue and the worker's view of endpoints showed, for the diagnosis.
+            endpoints = db.execute("SELECT * FROM outbound_msg.endpoints").fetchall()
+            raise AssertionError(f"{timed_out}; status {status_of(db, bad)}; requests "
+                                 f"{len(failing.requests)}; endpoints {endpoints}") from None
         state, attempts, last_error, notification_id, _ = rows[0]
         assert last_error.startswith(reason), last_error
         assert state in ("retrying", "sending")
