@@ -9,7 +9,8 @@
 //! for a place: see `shmem::others_waiting`), gives its place up after [`TURN`] when another
 //! database waits for one (finishing what it has in flight, then waiting for its own next
 //! turn), stops when its database loses the extension, and before DROP DATABASE ([`dropdb`]);
-//! if it dies otherwise, the launcher starts a new one. The postmaster restarts the launcher if it dies.
+//! if it dies otherwise, the launcher starts a new one. The postmaster restarts the launcher
+//! if it dies.
 
 mod deliverer;
 mod dropdb;
