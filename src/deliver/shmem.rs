@@ -156,6 +156,11 @@ impl Shared {
     fn slot(&self, database: pg_sys::Oid) -> Option<&Slot> {
         self.slots.iter().find(|s| s.database == database.to_u32())
     }
+
+    /// How many of `max_workers` places are taken (see [`Slot::takes_a_place`]).
+    fn places_taken(&self) -> usize {
+        self.slots.iter().filter(|s| s.takes_a_place()).count()
+    }
 }
 
 impl Default for Shared {
@@ -300,7 +305,7 @@ pub fn to_start(max_workers: usize) -> Vec<pg_sys::Oid> {
             }
         }
     }
-    let busy = shared.slots.iter().filter(|s| s.takes_a_place()).count();
+    let busy = shared.places_taken();
     let mut waiting: Vec<&mut Slot> = shared.slots.iter_mut().filter(|s| s.waits()).collect();
     waiting.sort_unstable_by_key(|s| s.wanted_turn);
     waiting
@@ -333,7 +338,7 @@ pub fn take_overflowed() -> bool {
 /// database's worker beside this one, which need not leave.
 pub fn others_waiting(database: pg_sys::Oid, max_workers: usize) -> bool {
     let shared = SHARED.share();
-    let taken = shared.slots.iter().filter(|s| s.takes_a_place()).count() >= max_workers;
+    let taken = shared.places_taken() >= max_workers;
     shared
         .slots
         .iter()
